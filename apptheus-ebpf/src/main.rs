@@ -1,0 +1,27 @@
+//! eBPF programs of the apptheus agent: per-container scheduler, process-lifecycle, OOM and
+//! network counters. Built by `cargo xtask build-ebpf` for `bpfel-unknown-none`; the object is
+//! shipped in `apptheus/src/ebpf/prebuilt/` and embedded in the agent.
+//!
+//! Only cgroups listed in `MONITORED` (filled by the agent) are counted. A cgroup id is the inode
+//! of the container's cgroup v2 directory, i.e. what `bpf_get_current_cgroup_id()` returns.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod net;
+mod oom;
+mod process;
+mod sched;
+mod task;
+
+// The kernel only lets GPL-compatible programs use tp_btf and bpf_probe_read_kernel.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never reached at run time.
+    loop {}
+}

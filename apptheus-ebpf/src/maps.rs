@@ -1,0 +1,60 @@
+//! Maps shared by all programs, and the counter helpers.
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use apptheus_common::{CgroupCounters, KernelOffsets, RunqStart, MAX_CGROUPS, MAX_QUEUED_TASKS};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuHashMap},
+    Global,
+};
+
+/// cgroup id -> 1 for every watched container; written only by user space.
+/// Bounded by MAX_CGROUPS (4096) entries: ~0.3 MiB preallocated.
+#[map]
+pub static MONITORED: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+
+/// cgroup id -> counters, one copy per CPU so hot paths never share a cache line across CPUs.
+/// User space inserts the zeroed entry when it watches a cgroup and deletes it at unwatch; the
+/// programs only look up, never insert. Not preallocated (BPF_F_NO_PREALLOC), so the memory is
+/// watched cgroups x CPUs x 336 bytes, at most MAX_CGROUPS (4096) entries.
+#[map]
+pub static COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
+    PerCpuHashMap::with_max_entries(MAX_CGROUPS, BPF_F_NO_PREALLOC);
+
+/// task_struct address -> when it went onto a run queue (woken, or preempted while runnable).
+/// Only tasks of monitored cgroups get entries; switch-in and exit delete them. LRU with
+/// MAX_QUEUED_TASKS (16384) entries, ~1.5 MiB: a full map evicts the oldest sample.
+#[map]
+pub static RUNQ_START: LruHashMap<u64, RunqStart> =
+    LruHashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
+
+/// Kernel struct field offsets, written by user space from the kernel's BTF before load.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+});
+
+#[inline(always)]
+pub fn is_monitored(cgroup_id: u64) -> bool {
+    MONITORED.get_ptr(cgroup_id).is_some()
+}
+
+/// This CPU's counters of a monitored cgroup (`None` for any other cgroup).
+#[inline(always)]
+pub fn counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
+    COUNTERS.get_ptr_mut(cgroup_id)
+}
+
+/// Adds to one counter field. Atomic although per-CPU: programs in process context can be
+/// preempted by another run of the same program on this CPU, and cgroup_skb runs in softirq.
+#[inline(always)]
+pub fn add(field: *mut u64, value: u64) {
+    // SAFETY: `field` points into a map value, which is 8-byte aligned and lives as long as the
+    // program runs.
+    unsafe { AtomicU64::from_ptr(field) }.fetch_add(value, Ordering::Relaxed);
+}

@@ -1,0 +1,116 @@
+//! The daemon: start-up checks, wiring of socket, sampler and HTTP server, and shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::cgroup::{self, Collector, Layout};
+use crate::cli::{split_trust_paths, AgentArgs};
+use crate::duration::format_duration;
+use crate::gateway::Socket;
+use crate::store::Store;
+use crate::telemetry::Telemetry;
+use crate::trust::TrustedSet;
+
+/// State shared by the socket, the per-container monitors and the HTTP server.
+pub struct Agent {
+    pub layout: Layout,
+    pub collectors: Vec<Box<dyn Collector>>,
+    pub store: Arc<Store>,
+    pub telemetry: Telemetry,
+    pub interval: Duration,
+    pub trusted: TrustedSet,
+    pub shutdown: CancellationToken,
+}
+
+/// Run until SIGINT or SIGTERM. Every start-up error is returned before anything is created
+/// (or after removing what was), so a failed start leaves nothing behind.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    check_privileges()?;
+    let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
+    if trusted.is_empty() {
+        tracing::warn!("--trust.path is empty: every launcher will be refused");
+    }
+    let layout = Layout::detect(&args.cgroup_parent)?;
+    let web = crate::http::bind(&args.web_listen_address).await?;
+    let socket = Socket::bind(&args.socket_path)?;
+    cgroup::prepare_parent(&layout).context("preparing --cgroup.parent")?;
+
+    let store = Arc::new(Store::new());
+    let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
+    let agent = Arc::new(Agent {
+        collectors: cgroup::collectors_for(&layout),
+        layout,
+        store,
+        telemetry,
+        interval: args.monitor_interval,
+        trusted,
+        shutdown: CancellationToken::new(),
+    });
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        cgroups = ?agent.layout.mode,
+        parent = %agent.layout.primary().parent_dir.display(),
+        socket = %args.socket_path.display(),
+        web = %args.web_listen_address,
+        interval = %format_duration(args.monitor_interval),
+        trusted = ?agent.trusted.paths(),
+        "apptheus started"
+    );
+
+    let http = tokio::spawn(crate::http::serve(web, agent.clone(), args.web_telemetry_path.clone()));
+    let accept = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            socket.serve(agent).await;
+            socket // dropped after the loop ends: removes the socket file
+        })
+    };
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new launchers; running containers keep running");
+    agent.shutdown.cancel();
+    if let Ok(socket) = accept.await {
+        drop(socket);
+    }
+    let _ = http.await;
+    // The parent goes too if no container is left in it (a live one keeps it: EBUSY).
+    for h in &agent.layout.hierarchies {
+        let _ = std::fs::remove_dir(&h.parent_dir);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Root with the capabilities that moving other users' processes between cgroups and reading
+/// their /proc entries needs.
+fn check_privileges() -> Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    if euid != 0 {
+        bail!("apptheus must run as root (effective uid is {euid})");
+    }
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("no CapEff in /proc/self/status")?;
+    const NEEDED: &[(u32, &str)] = &[(1, "CAP_DAC_OVERRIDE"), (19, "CAP_SYS_PTRACE"), (21, "CAP_SYS_ADMIN")];
+    let missing: Vec<&str> = NEEDED.iter().filter(|(bit, _)| cap_eff & (1 << bit) == 0).map(|(_, n)| *n).collect();
+    if !missing.is_empty() {
+        bail!("apptheus is missing capabilities: {}", missing.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! One reading of a container's cgroup: plain numbers in base units, `None` where this
+//! kernel or hierarchy does not provide the figure (so it is omitted, never reported as 0).
+
+use std::time::SystemTime;
+
+use crate::kernfs::{Limit, Pressure};
+
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub pids: PidStats,
+    /// Processes (thread-group leaders) directly in the cgroup.
+    pub processes: Option<u64>,
+    pub io: Vec<DeviceIo>,
+    pub pressure: PressureStats,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuStats {
+    pub usage_ns: Option<u64>,
+    pub user_ns: Option<u64>,
+    pub system_ns: Option<u64>,
+    pub periods: Option<u64>,
+    pub throttled_periods: Option<u64>,
+    pub throttled_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MemoryStats {
+    pub usage_bytes: Option<u64>,
+    /// Usage minus inactive file pages: what the kernel cannot easily reclaim (cAdvisor's definition).
+    pub working_set_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub cache_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub failcnt: Option<u64>,
+    pub limit: Option<Limit>,
+    pub swap_limit: Option<Limit>,
+    pub oom_kills: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PidStats {
+    pub current: Option<u64>,
+    pub limit: Option<Limit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIo {
+    /// `/dev/sda` where sysfs names the device, else `MAJ:MIN`.
+    pub device: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PressureStats {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+/// A sample with the time it was taken.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    pub at: SystemTime,
+    pub sample: Sample,
+}

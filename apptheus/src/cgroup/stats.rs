@@ -1,0 +1,333 @@
+//! Sampling a container's cgroup: one collector per source (as node_exporter does), each
+//! reading only the files it needs and parsing them with `crate::kernfs`.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use super::layout::{Layout, Mode};
+use super::placement::ContainerCgroup;
+use super::sample::{DeviceIo, Sample};
+use crate::kernfs::{self, Limit, ParseError};
+
+/// A source of figures for a container sample.
+pub trait Collector: Send + Sync {
+    /// Short name of the source, used in logs and the `source` label of sample errors.
+    fn name(&self) -> &'static str;
+    /// Fill in this source's part of `out`. Files the kernel does not have are skipped.
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("reading {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("parsing {path}: {err}")]
+    Parse { path: PathBuf, err: ParseError },
+}
+
+/// The collectors that apply to this machine's cgroup layout.
+pub fn collectors_for(layout: &Layout) -> Vec<Box<dyn Collector>> {
+    let mut out: Vec<Box<dyn Collector>> = Vec::new();
+    match layout.mode {
+        Mode::V2 => {
+            out.push(Box::new(CpuV2));
+            out.push(Box::new(MemoryV2));
+            out.push(Box::new(Pids { v1: false }));
+            out.push(Box::new(IoV2));
+        }
+        Mode::V1 | Mode::Hybrid => {
+            out.push(Box::new(CpuV1));
+            out.push(Box::new(MemoryV1));
+            out.push(Box::new(Pids { v1: true }));
+            out.push(Box::new(BlkioV1));
+        }
+    }
+    out.push(Box::new(Processes));
+    if layout.unified().is_some() {
+        out.push(Box::new(Psi));
+    }
+    out
+}
+
+/// Run every collector; a failing source is reported and the others still fill their part.
+pub fn sample(collectors: &[Box<dyn Collector>], cg: &ContainerCgroup) -> (Sample, Vec<(&'static str, CollectError)>) {
+    let mut sample = Sample::default();
+    let mut errors = Vec::new();
+    for c in collectors {
+        if let Err(e) = c.collect(cg, &mut sample) {
+            errors.push((c.name(), e));
+        }
+    }
+    (sample, errors)
+}
+
+/// Read a cgroup file; `None` when this kernel does not provide it.
+fn read(dir: &Path, file: &str) -> Result<Option<String>, CollectError> {
+    let path = dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(CollectError::Read { path, err }),
+    }
+}
+
+/// Read and parse one file; `None` when absent.
+fn read_with<T>(dir: &Path, file: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Result<Option<T>, CollectError> {
+    match read(dir, file)? {
+        None => Ok(None),
+        Some(text) => parse(&text).map(Some).map_err(|err| CollectError::Parse { path: dir.join(file), err }),
+    }
+}
+
+fn flat<const N: usize>(dir: &Path, file: &str, keys: &[&str; N]) -> Result<[Option<u64>; N], CollectError> {
+    Ok(read_with(dir, file, |t| kernfs::flat_keyed_get(t, keys))?.unwrap_or([None; N]))
+}
+
+fn usec_to_ns(v: Option<u64>) -> Option<u64> {
+    v.map(|us| us.saturating_mul(1000))
+}
+
+/// cgroup v1 `cpuacct` (usage, user/system) and `cpu` (CFS throttling).
+struct CpuV1;
+impl Collector for CpuV1 {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        if let Some(dir) = cg.v1_dir("cpuacct") {
+            out.cpu.usage_ns = read_with(dir, "cpuacct.usage", kernfs::parse_u64)?;
+            // cpuacct.stat counts USER_HZ ticks.
+            let [user, system] = flat(dir, "cpuacct.stat", &["user", "system"])?;
+            let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+            out.cpu.user_ns = user.map(|t| t.saturating_mul(tick_ns));
+            out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
+        }
+        if let Some(dir) = cg.v1_dir("cpu") {
+            let [periods, throttled, throttled_ns] = flat(dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
+            out.cpu.periods = periods;
+            out.cpu.throttled_periods = throttled;
+            out.cpu.throttled_ns = throttled_ns;
+        }
+        Ok(())
+    }
+}
+
+/// cgroup v2 `cpu.stat`.
+struct CpuV2;
+impl Collector for CpuV2 {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir() else { return Ok(()) };
+        let [usage, user, system, periods, throttled, throttled_us] = flat(
+            dir,
+            "cpu.stat",
+            &["usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec"],
+        )?;
+        out.cpu.usage_ns = usec_to_ns(usage);
+        out.cpu.user_ns = usec_to_ns(user);
+        out.cpu.system_ns = usec_to_ns(system);
+        out.cpu.periods = periods;
+        out.cpu.throttled_periods = throttled;
+        out.cpu.throttled_ns = usec_to_ns(throttled_us);
+        Ok(())
+    }
+}
+
+/// cgroup v1 `memory` controller.
+struct MemoryV1;
+impl Collector for MemoryV1 {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.v1_dir("memory") else { return Ok(()) };
+        let m = &mut out.memory;
+        m.usage_bytes = read_with(dir, "memory.usage_in_bytes", kernfs::parse_u64)?;
+        let [rss, cache, inactive_file, swap] =
+            flat(dir, "memory.stat", &["total_rss", "total_cache", "total_inactive_file", "total_swap"])?;
+        m.rss_bytes = rss;
+        m.cache_bytes = cache;
+        m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
+        m.failcnt = read_with(dir, "memory.failcnt", kernfs::parse_u64)?;
+        m.limit = read_with(dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
+        // memsw counts memory + swap; swap alone is the difference.
+        let memsw_usage = read_with(dir, "memory.memsw.usage_in_bytes", kernfs::parse_u64)?;
+        m.swap_bytes = match (memsw_usage, m.usage_bytes) {
+            (Some(both), Some(mem)) => Some(both.saturating_sub(mem)),
+            _ => swap,
+        };
+        let memsw_limit = read_with(dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
+        m.swap_limit = match (memsw_limit, m.limit) {
+            (Some(Limit::Value(both)), Some(Limit::Value(mem))) => Some(Limit::Value(both.saturating_sub(mem))),
+            (Some(_), _) => Some(Limit::Unlimited),
+            (None, _) => None,
+        };
+        let [oom_kill] = flat(dir, "memory.oom_control", &["oom_kill"])?;
+        m.oom_kills = oom_kill;
+        Ok(())
+    }
+}
+
+/// cgroup v2 `memory` controller.
+struct MemoryV2;
+impl Collector for MemoryV2 {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir() else { return Ok(()) };
+        let m = &mut out.memory;
+        m.usage_bytes = read_with(dir, "memory.current", kernfs::parse_u64)?;
+        let [anon, file, inactive_file] = flat(dir, "memory.stat", &["anon", "file", "inactive_file"])?;
+        m.rss_bytes = anon;
+        m.cache_bytes = file;
+        m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
+        m.swap_bytes = read_with(dir, "memory.swap.current", kernfs::parse_u64)?;
+        m.limit = read_with(dir, "memory.max", kernfs::parse_limit)?;
+        m.swap_limit = read_with(dir, "memory.swap.max", kernfs::parse_limit)?;
+        // v2 has no failcnt; runc and cAdvisor report memory.events "max" (times the limit was hit).
+        let [max_hits, oom_kill] = flat(dir, "memory.events", &["max", "oom_kill"])?;
+        m.failcnt = max_hits;
+        m.oom_kills = oom_kill;
+        Ok(())
+    }
+}
+
+/// `pids` controller (same files in v1 and v2).
+struct Pids {
+    v1: bool,
+}
+impl Collector for Pids {
+    fn name(&self) -> &'static str {
+        "pids"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let dir = if self.v1 { cg.v1_dir("pids") } else { cg.unified_dir() };
+        let Some(dir) = dir else { return Ok(()) };
+        out.pids.current = read_with(dir, "pids.current", kernfs::parse_u64)?;
+        out.pids.limit = read_with(dir, "pids.max", kernfs::parse_limit)?;
+        Ok(())
+    }
+}
+
+/// `cgroup.procs` of the container's main directory.
+struct Processes;
+impl Collector for Processes {
+    fn name(&self) -> &'static str {
+        "processes"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir().or_else(|| cg.v1_dir("memory")) else { return Ok(()) };
+        out.processes = read_with(dir, "cgroup.procs", |t| kernfs::pid_count(t).map(|n| n as u64))?;
+        Ok(())
+    }
+}
+
+/// cgroup v1 `blkio` (throttle files: present whatever the I/O scheduler).
+struct BlkioV1;
+impl Collector for BlkioV1 {
+    fn name(&self) -> &'static str {
+        "blkio"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.v1_dir("blkio") else { return Ok(()) };
+        let mut by_dev: Vec<((u32, u32), DeviceIo)> = Vec::new();
+        for (file, bytes) in
+            [("blkio.throttle.io_service_bytes_recursive", true), ("blkio.throttle.io_serviced_recursive", false)]
+        {
+            let Some(text) = read(dir, file)? else { continue };
+            for entry in kernfs::blkio_v1(&text) {
+                let e = entry.map_err(|err| CollectError::Parse { path: dir.join(file), err })?;
+                let key = (e.device.major, e.device.minor);
+                let slot = match by_dev.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, io)) => io,
+                    None => {
+                        by_dev.push((key, empty_io(key)));
+                        &mut by_dev.last_mut().expect("just pushed").1
+                    }
+                };
+                match (e.op, bytes) {
+                    (kernfs::BlkioOp::Read, true) => slot.read_bytes = e.value,
+                    (kernfs::BlkioOp::Write, true) => slot.write_bytes = e.value,
+                    (kernfs::BlkioOp::Read, false) => slot.reads = e.value,
+                    (kernfs::BlkioOp::Write, false) => slot.writes = e.value,
+                    _ => {}
+                }
+            }
+        }
+        out.io = by_dev.into_iter().map(|(_, io)| io).collect();
+        Ok(())
+    }
+}
+
+/// cgroup v2 `io.stat`.
+struct IoV2;
+impl Collector for IoV2 {
+    fn name(&self) -> &'static str {
+        "io"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir() else { return Ok(()) };
+        let Some(text) = read(dir, "io.stat")? else { return Ok(()) };
+        for line in kernfs::io_stat(&text) {
+            let s = line.map_err(|err| CollectError::Parse { path: dir.join("io.stat"), err })?;
+            let mut io = empty_io((s.device.major, s.device.minor));
+            io.read_bytes = s.rbytes;
+            io.write_bytes = s.wbytes;
+            io.reads = s.rios;
+            io.writes = s.wios;
+            out.io.push(io);
+        }
+        Ok(())
+    }
+}
+
+/// Pressure stall information (cgroup2 core files, also in hybrid mode).
+struct Psi;
+impl Collector for Psi {
+    fn name(&self) -> &'static str {
+        "pressure"
+    }
+    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir() else { return Ok(()) };
+        out.pressure.cpu = read_with(dir, "cpu.pressure", kernfs::psi)?;
+        out.pressure.memory = read_with(dir, "memory.pressure", kernfs::psi)?;
+        out.pressure.io = read_with(dir, "io.pressure", kernfs::psi)?;
+        Ok(())
+    }
+}
+
+fn empty_io(dev: (u32, u32)) -> DeviceIo {
+    DeviceIo { device: device_name(dev), read_bytes: 0, write_bytes: 0, reads: 0, writes: 0 }
+}
+
+/// `/dev/<name>` from sysfs, as cAdvisor labels devices; cached since devices rarely change.
+fn device_name((major, minor): (u32, u32)) -> String {
+    static CACHE: OnceLock<Mutex<HashMap<(u32, u32), String>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(name) = cache.lock().ok().and_then(|c| c.get(&(major, minor)).cloned()) {
+        return name;
+    }
+    let name = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .ok()
+        .and_then(|t| kernfs::uevent_devname(&t).map(|n| format!("/dev/{n}")))
+        .unwrap_or_else(|| format!("{major}:{minor}"));
+    if let Ok(mut c) = cache.lock() {
+        c.insert((major, minor), name.clone());
+    }
+    name
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}

@@ -1,0 +1,200 @@
+//! Command line, flag-compatible with the Go Apptheus (`--socket.path`, `--trust.path`,
+//! `--monitor.interval`, `--web.*`), plus this agent's own flags.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+pub const DEFAULT_SOCKET: &str = "/run/apptheus/gateway.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apptheus",
+    version,
+    about = "Per-container Prometheus metrics for Apptainer and any program a trusted launcher starts",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD as a monitored container: connect to the agent, wait for its ack, run CMD, exit with its status.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Unix socket trusted launchers connect to (created with mode 0777; trust comes from --trust.path).
+    #[arg(long = "socket.path", value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket_path: PathBuf,
+
+    /// Trusted launcher executables, absolute paths separated by ';'. Empty: trust nobody.
+    #[arg(long = "trust.path", value_name = "PATHS", default_value = "")]
+    pub trust_path: String,
+
+    /// Interval at which each container's cgroup is sampled.
+    #[arg(long = "monitor.interval", alias = "monitor.inverval", value_name = "DURATION",
+          default_value = "0.5s", value_parser = parse_positive_duration)]
+    pub monitor_interval: Duration,
+
+    /// Address to serve metrics on (`:9091` = every interface).
+    #[arg(long = "web.listen-address", value_name = "ADDRESS", default_value = ":9091")]
+    pub web_listen_address: String,
+
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics",
+          value_parser = parse_url_path)]
+    pub web_telemetry_path: String,
+
+    /// Parent of the container cgroups: absolute = from each hierarchy's root (Apptheus layout),
+    /// relative = below the agent's own cgroup (systemd Delegate=yes layout).
+    #[arg(long = "cgroup.parent", value_name = "PATH", default_value = "/metric_gateway",
+          value_parser = parse_cgroup_parent)]
+    pub cgroup_parent: String,
+
+    /// Also export the Go Apptheus series (cpu_usage_per, memory_usage, ...) for old dashboards.
+    #[arg(long = "metrics.legacy", value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_legacy: bool,
+
+    /// Do not load the eBPF programs (cgroup metrics only).
+    #[arg(long = "ebpf.disable")]
+    pub ebpf_disable: bool,
+
+    /// Only log messages with the given severity or above.
+    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Output format of log messages.
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    /// Socket of the agent.
+    #[arg(long = "socket.path", value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket_path: PathBuf,
+
+    /// How long to wait for the agent's answer.
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+
+    /// The command to run and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_url_path(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with '/'"));
+    }
+    Ok(text.to_string())
+}
+
+/// Reject parents that would escape the hierarchy or name nothing.
+fn parse_cgroup_parent(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() || trimmed == "." {
+        return Err("cgroup parent must name a directory below the root".into());
+    }
+    if trimmed.split('/').any(|part| part == ".." || part == ".") {
+        return Err(format!("cgroup parent {text:?} must not contain '.' or '..'"));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// The `--trust.path` list: `;`-separated, blanks ignored.
+pub fn split_trust_paths(flag: &str) -> Vec<PathBuf> {
+    flag.split(';').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("apptheus").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_go_original() {
+        let cli = parse(&[]).unwrap();
+        let a = cli.agent;
+        assert_eq!(a.socket_path, PathBuf::from("/run/apptheus/gateway.sock"));
+        assert_eq!(a.trust_path, "");
+        assert_eq!(a.monitor_interval, Duration::from_millis(500));
+        assert_eq!(a.web_listen_address, ":9091");
+        assert_eq!(a.web_telemetry_path, "/metrics");
+        assert_eq!(a.cgroup_parent, "/metric_gateway");
+        assert!(a.metrics_legacy);
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn accepts_the_misspelt_interval_flag() {
+        let cli = parse(&["--monitor.inverval=200ms"]).unwrap();
+        assert_eq!(cli.agent.monitor_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn legacy_can_be_turned_off() {
+        assert!(!parse(&["--metrics.legacy=false"]).unwrap().agent.metrics_legacy);
+        assert!(parse(&["--metrics.legacy"]).unwrap().agent.metrics_legacy);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--monitor.interval=5x"]).is_err());
+        assert!(parse(&["--monitor.interval=0s"]).is_err());
+        assert!(parse(&["--cgroup.parent=../x"]).is_err());
+        assert!(parse(&["--cgroup.parent=/"]).is_err());
+        assert!(parse(&["--web.telemetry-path=metrics"]).is_err());
+        assert!(parse(&["--log.level=loud"]).is_err());
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_dashes() {
+        let cli = parse(&["exec", "--socket.path", "/tmp/s", "--", "sleep", "-x", "1"]).unwrap();
+        let Some(Command::Exec(e)) = cli.command else { panic!("not exec") };
+        assert_eq!(e.socket_path, PathBuf::from("/tmp/s"));
+        assert_eq!(e.command, vec!["sleep", "-x", "1"]);
+    }
+
+    #[test]
+    fn trust_paths_split_on_semicolons() {
+        assert_eq!(split_trust_paths(" /a ;;/b/c; "), vec![PathBuf::from("/a"), PathBuf::from("/b/c")]);
+        assert!(split_trust_paths("").is_empty());
+    }
+}

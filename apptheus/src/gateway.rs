@@ -1,0 +1,230 @@
+//! The launcher socket: accept, verify the caller, place it and its descendants into a new
+//! cgroup, answer with one JSON line, and hold the connection for the container's life.
+//!
+//! Apptainer's starter connects, sends nothing and never reads; the answer is for launchers
+//! that do read (`apptheus exec`). Monitoring ends when the cgroup empties, not when the
+//! connection closes.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::agent::Agent;
+use crate::cgroup::{AttachError, ContainerCgroup};
+use crate::store::ContainerInfo;
+use crate::telemetry::{RESULT_ACCEPTED, RESULT_FAILED, RESULT_REFUSED};
+use crate::trust::{self, Peer, Refusal};
+
+/// The one line the agent writes back to a launcher.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Ack {
+    Ok { id: String, cgroup: String },
+    Refused { reason: String },
+}
+
+/// The bound socket; removes its file when dropped (only if the file is still ours).
+pub struct Socket {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Socket {
+    /// Create the parent directory, replace a stale socket file, refuse to steal the socket of
+    /// a live agent, and open it to every user (trust is checked per connection).
+    pub fn bind(path: &Path) -> Result<Socket> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    bail!("socket {} is already served by a running agent", path.display());
+                }
+                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            Ok(_) => bail!("{} exists and is not a socket; not replacing it", path.display()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("checking socket path {}", path.display())),
+        }
+        let listener = UnixListener::bind(path).with_context(|| format!("binding socket {}", path.display()))?;
+        let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        let socket = Socket { listener, path: path.to_path_buf(), inode };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+            .with_context(|| format!("chmod 0777 {}", path.display()))?;
+        Ok(socket)
+    }
+
+    /// Accept launchers until shutdown.
+    pub async fn serve(&self, agent: Arc<Agent>) {
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = agent.shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(agent.clone(), stream));
+                }
+                Err(err) => {
+                    // EMFILE and the like: back off briefly rather than spin.
+                    tracing::error!(%err, "accept on launcher socket failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
+    let peer = match trust::verify(&stream, &agent.trusted) {
+        Ok(peer) => peer,
+        Err(refusal) => {
+            agent.telemetry.count_connection(RESULT_REFUSED);
+            tracing::warn!(reason = %refusal, "launcher refused");
+            reply(&mut stream, &Ack::Refused { reason: refusal.to_string() }).await;
+            return;
+        }
+    };
+    let placing = agent.clone();
+    let placed = tokio::task::spawn_blocking(move || place(&placing, peer)).await;
+    let (info, cg, is_new) = match placed {
+        Ok(Ok(p)) => p,
+        Ok(Err(PlaceError::Refused(refusal))) => {
+            agent.telemetry.count_connection(RESULT_REFUSED);
+            tracing::warn!(reason = %refusal, "launcher refused");
+            reply(&mut stream, &Ack::Refused { reason: refusal.to_string() }).await;
+            return;
+        }
+        Ok(Err(PlaceError::Failed(err))) => {
+            agent.telemetry.count_connection(RESULT_FAILED);
+            tracing::error!(err = %format!("{err:#}"), "placing launcher failed");
+            reply(&mut stream, &Ack::Refused { reason: format!("placement failed: {err:#}") }).await;
+            return;
+        }
+        Err(join) => {
+            agent.telemetry.count_connection(RESULT_FAILED);
+            tracing::error!(err = %join, "placement task failed");
+            return;
+        }
+    };
+    agent.telemetry.count_connection(RESULT_ACCEPTED);
+    if let Some(cg) = cg.filter(|_| is_new) {
+        tracing::info!(container = %info.id, pid = info.pid, user = %info.user, exe = %info.exe.display(), cgroup = %info.cgroup_path, "container placed");
+        tokio::spawn(crate::monitor::watch(agent.clone(), info.id.clone(), cg));
+    }
+    reply(&mut stream, &Ack::Ok { id: info.id.clone(), cgroup: info.cgroup_path.clone() }).await;
+    hold(agent, stream, &info.id).await;
+}
+
+/// Keep the launcher's connection open until it closes it (or the agent stops); what it sends
+/// is read and dropped so that a chatty client cannot fill our buffers.
+async fn hold(agent: Arc<Agent>, mut stream: UnixStream, id: &str) {
+    let mut buf = [0u8; 256];
+    loop {
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
+            _ = agent.shutdown.cancelled() => return,
+        }
+    }
+    tracing::debug!(container = %id, "launcher connection closed");
+}
+
+async fn reply(stream: &mut UnixStream, ack: &Ack) {
+    let mut line = serde_json::to_vec(ack).unwrap_or_default();
+    line.push(b'\n');
+    // A launcher that never reads (Apptainer) or already left is fine: the line is a courtesy.
+    if let Err(err) = stream.write_all(&line).await {
+        tracing::debug!(%err, "could not write the answer to the launcher");
+    }
+}
+
+enum PlaceError {
+    Refused(Refusal),
+    Failed(anyhow::Error),
+}
+
+/// Create the container's cgroup and move the caller and all its descendants in (blocking).
+/// Returns the container, its cgroup, and whether it is new (a second connection from the same
+/// launcher gets the existing container).
+fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCgroup>, bool), PlaceError> {
+    if let Some(existing) = agent.store.find_by_pid(peer.pid) {
+        return Ok(((*existing).clone(), None, false));
+    }
+    let id = peer.container_id();
+    let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
+    let cg = ContainerCgroup::create(&agent.layout, &id).map_err(PlaceError::Failed)?;
+    let mut moved: Vec<i32> = Vec::new();
+    let undo = |moved: &[i32]| {
+        for pid in moved {
+            for (dir, back) in cg.dirs.iter().zip(&origin) {
+                let _ = std::fs::write(back.join("cgroup.procs"), pid.to_string());
+                let _ = dir;
+            }
+        }
+        let _ = cg.remove();
+    };
+    match cg.attach(peer.pid) {
+        Ok(()) => moved.push(peer.pid),
+        Err(AttachError::Gone) => {
+            undo(&moved);
+            return Err(PlaceError::Refused(Refusal::Gone(peer.pid)));
+        }
+        Err(err) => {
+            undo(&moved);
+            return Err(PlaceError::Failed(anyhow::Error::new(err).context(format!("pid {}", peer.pid))));
+        }
+    }
+    // The launcher may still be forking while we move: repeat until a scan finds nothing new.
+    for _ in 0..16 {
+        let fresh: Vec<i32> = crate::proctree::descendants(peer.pid).into_iter().filter(|p| !moved.contains(p)).collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            match cg.attach(pid) {
+                Ok(()) => moved.push(pid),
+                Err(AttachError::Gone) => {}
+                Err(err) => {
+                    undo(&moved);
+                    return Err(PlaceError::Failed(anyhow::Error::new(err).context(format!("moving descendant pid {pid}"))));
+                }
+            }
+        }
+    }
+    let user = uzers::get_user_by_uid(peer.uid)
+        .map(|u| u.name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| peer.uid.to_string());
+    let info = ContainerInfo {
+        id,
+        cgroup_path: cg.path.clone(),
+        pid: peer.pid,
+        user,
+        exe: peer.exe.clone(),
+        started: SystemTime::now(),
+    };
+    // Registered even if the launcher died just now: its descendants are the container, and
+    // the monitor removes the cgroup as soon as it is empty.
+    agent.store.insert(info.clone());
+    agent.telemetry.containers.set(agent.store.len() as i64);
+    Ok((info, Some(cg), true))
+}

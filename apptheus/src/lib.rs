@@ -1,0 +1,30 @@
+//! apptheus: per-container Prometheus metrics for Apptainer and any program a trusted launcher
+//! starts. One module per concern:
+//!
+//! - [`cli`], [`duration`], [`logging`]: command line and log output
+//! - [`trust`]: who is calling (SO_PEERCRED, pidfd, executable identity)
+//! - [`gateway`]: the launcher socket and placement of callers
+//! - [`cgroup`]: hierarchy layout, container cgroups, sampling per cgroup version
+//! - [`kernfs`]: every kernel file format, parsed in one place each
+//! - [`proctree`]: descendants of a launcher from /proc
+//! - [`store`], [`exposition`], [`telemetry`]: the metric store and its Prometheus rendering
+//! - [`monitor`]: the per-container sampling task
+//! - [`http`]: the metrics endpoint
+//! - [`exec`]: our own launcher, `apptheus exec`
+//! - [`agent`]: wiring and lifecycle of the daemon
+
+pub mod agent;
+pub mod cgroup;
+pub mod cli;
+pub mod duration;
+pub mod exec;
+pub mod exposition;
+pub mod gateway;
+pub mod http;
+pub mod kernfs;
+pub mod logging;
+pub mod monitor;
+pub mod proctree;
+pub mod store;
+pub mod telemetry;
+pub mod trust;

@@ -1,0 +1,46 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use apptheus::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            // One line naming the problem (clap's usage hint follows on further lines).
+            let text = err.to_string();
+            eprintln!("apptheus: {}", text.lines().next().unwrap_or("bad command line").trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Exec(args)) => apptheus::exec::run(args),
+        None => run_agent(cli.agent),
+    }
+}
+
+fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
+    apptheus::logging::init(args.log_level, args.log_format);
+    let workers = std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("apptheus: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(apptheus::agent::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(err = %format!("{err:#}"), "apptheus failed");
+            eprintln!("apptheus: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

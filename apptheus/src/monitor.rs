@@ -1,0 +1,57 @@
+//! One task per container: sample its cgroup at `--monitor.interval` on its own timer (the Go
+//! original shared one ticker between all containers), and clean up when it empties.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::time::MissedTickBehavior;
+
+use crate::agent::Agent;
+use crate::cgroup::{self, ContainerCgroup, Timed};
+
+/// Sample `cg` until no process is left in it, then drop its series and remove it.
+pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
+    let mut ticker = tokio::time::interval(agent.interval);
+    // After a stall, carry on at the interval instead of sampling in a burst.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = agent.shutdown.cancelled() => return,
+        }
+        match cg.is_populated() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(err) => {
+                // The cgroup vanished or cannot be read: someone removed it; stop monitoring.
+                tracing::warn!(container = %id, path = %cg.path, %err, "cannot read cgroup state; ending monitoring");
+                break;
+            }
+        }
+        sample_once(&agent, &id, &cg);
+    }
+    finish(&agent, &id, cg).await;
+}
+
+fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup) {
+    let start = Instant::now();
+    let (sample, errors) = cgroup::sample(&agent.collectors, cg);
+    let at = SystemTime::now();
+    agent.telemetry.sample_duration.observe(start.elapsed().as_secs_f64());
+    for (source, err) in errors {
+        agent.telemetry.sample_errors.with_label_values(&[source]).inc();
+        tracing::debug!(container = %id, source, %err, "sample error");
+    }
+    agent.store.record(id, Timed { at, sample });
+}
+
+async fn finish(agent: &Agent, id: &str, cg: ContainerCgroup) {
+    agent.store.remove(id);
+    agent.telemetry.containers.set(agent.store.len() as i64);
+    let path = cg.path.clone();
+    match tokio::task::spawn_blocking(move || cg.remove()).await {
+        Ok(Ok(())) => tracing::info!(container = %id, cgroup = %path, "container ended; cgroup removed"),
+        Ok(Err(err)) => tracing::warn!(container = %id, cgroup = %path, err = %format!("{err:#}"), "container ended; cgroup not removed"),
+        Err(err) => tracing::error!(container = %id, %err, "cgroup removal task failed"),
+    }
+}

@@ -1,0 +1,151 @@
+//! The metric store: every monitored container with its latest sample. Sampling tasks write,
+//! scrapes read a snapshot; nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use crate::cgroup::Timed;
+
+/// What is known of a container from its placement.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    /// `<exe basename>_<pid>`: the `name` label (and the legacy `job` label).
+    pub id: String,
+    /// The cgroup path: the `id` label.
+    pub cgroup_path: String,
+    pub pid: i32,
+    /// Name of the launcher's real uid (the uid as a number when it has no name).
+    pub user: String,
+    pub exe: PathBuf,
+    /// Placement time: `container_start_time_seconds`.
+    pub started: SystemTime,
+}
+
+/// A container's latest state, as a scrape sees it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub info: Arc<ContainerInfo>,
+    pub latest: Option<Arc<Timed>>,
+    /// CPU use in percent of one core between the last two samples (legacy `cpu_usage_per`).
+    pub cpu_percent: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    containers: RwLock<BTreeMap<String, Entry>>,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Register a newly placed container (no sample yet).
+    pub fn insert(&self, info: ContainerInfo) {
+        let id = info.id.clone();
+        self.write().insert(id, Entry { info: Arc::new(info), latest: None, cpu_percent: None });
+    }
+
+    /// Record a sample; the CPU percentage comes from this and the previous sample of the same
+    /// container (the Go original compared against zero and reported nonsense).
+    pub fn record(&self, id: &str, sample: Timed) {
+        let mut map = self.write();
+        let Some(entry) = map.get_mut(id) else { return };
+        entry.cpu_percent = entry.latest.as_deref().and_then(|prev| cpu_percent(prev, &sample));
+        entry.latest = Some(Arc::new(sample));
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Entry> {
+        self.write().remove(id)
+    }
+
+    /// The container a launcher pid already has, if it connected before.
+    pub fn find_by_pid(&self, pid: i32) -> Option<Arc<ContainerInfo>> {
+        self.read().values().find(|e| e.info.pid == pid).map(|e| e.info.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A consistent copy for one scrape (cheap: reference-counted).
+    pub fn snapshot(&self) -> Vec<Entry> {
+        self.read().values().cloned().collect()
+    }
+
+    // A panic while holding the lock cannot leave the map half-updated (every update is one
+    // insert/remove), so a poisoned lock is still safe to use.
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.containers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.containers.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn cpu_percent(prev: &Timed, now: &Timed) -> Option<f64> {
+    let used = now.sample.cpu.usage_ns?.checked_sub(prev.sample.cpu.usage_ns?)?;
+    let wall = now.at.duration_since(prev.at).ok()?.as_nanos();
+    if wall == 0 {
+        return None;
+    }
+    Some(used as f64 / wall as f64 * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Sample;
+    use std::time::Duration;
+
+    fn info(id: &str, pid: i32) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            cgroup_path: format!("/metric_gateway/{id}"),
+            pid,
+            user: "root".into(),
+            exe: "/usr/bin/x".into(),
+            started: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    fn timed(at_ms: u64, usage_ns: u64) -> Timed {
+        let mut sample = Sample::default();
+        sample.cpu.usage_ns = Some(usage_ns);
+        Timed { at: SystemTime::UNIX_EPOCH + Duration::from_millis(at_ms), sample }
+    }
+
+    #[test]
+    fn cpu_percent_comes_from_consecutive_samples() {
+        let s = Store::new();
+        s.insert(info("a_1", 1));
+        s.record("a_1", timed(1000, 5_000_000_000));
+        assert_eq!(s.snapshot()[0].cpu_percent, None, "one sample gives no rate");
+        // 250 ms of CPU in 500 ms of wall time: 50 %.
+        s.record("a_1", timed(1500, 5_250_000_000));
+        let p = s.snapshot()[0].cpu_percent.unwrap();
+        assert!((p - 50.0).abs() < 1e-9, "{p}");
+        // A counter that went backwards (cgroup recreated) gives no figure rather than a wild one.
+        s.record("a_1", timed(2000, 1));
+        assert_eq!(s.snapshot()[0].cpu_percent, None);
+    }
+
+    #[test]
+    fn find_and_remove() {
+        let s = Store::new();
+        s.insert(info("a_1", 1));
+        s.insert(info("b_2", 2));
+        assert_eq!(s.find_by_pid(2).unwrap().id, "b_2");
+        assert!(s.remove("a_1").is_some());
+        assert_eq!(s.len(), 1);
+        s.record("a_1", timed(1, 1)); // a late sample of a removed container is dropped
+        assert_eq!(s.len(), 1);
+    }
+}

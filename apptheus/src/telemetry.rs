@@ -1,0 +1,64 @@
+//! The agent's own series (`apptheus_*`, `process_*`) and the registry that also carries the
+//! container collector, so one gather renders everything.
+
+use std::sync::Arc;
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::exposition::ContainerCollector;
+use crate::store::Store;
+
+pub struct Telemetry {
+    pub registry: Registry,
+    /// `apptheus_connections_total{result="accepted|refused|failed"}`.
+    pub connections: IntCounterVec,
+    pub containers: IntGauge,
+    pub sample_duration: Histogram,
+    /// `apptheus_sample_errors_total{source}`: a source (cpu, memory, ...) that could not be read.
+    pub sample_errors: IntCounterVec,
+}
+
+pub const RESULT_ACCEPTED: &str = "accepted";
+pub const RESULT_REFUSED: &str = "refused";
+pub const RESULT_FAILED: &str = "failed";
+
+impl Telemetry {
+    pub fn new(store: Arc<Store>, legacy: bool) -> prometheus::Result<Telemetry> {
+        let registry = Registry::new();
+        let build_info = IntGauge::with_opts(
+            Opts::new("apptheus_build_info", "A metric with a constant '1' value labeled by version and rustc target.")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("goos", std::env::consts::OS)
+                .const_label("goarch", std::env::consts::ARCH),
+        )?;
+        build_info.set(1);
+        let connections = IntCounterVec::new(
+            Opts::new("apptheus_connections_total", "Launcher connections by result: accepted (placed), refused (not trusted or gone), failed (placement error)."),
+            &["result"],
+        )?;
+        for r in [RESULT_ACCEPTED, RESULT_REFUSED, RESULT_FAILED] {
+            connections.with_label_values(&[r]);
+        }
+        let containers = IntGauge::new("apptheus_containers", "Containers monitored now.")?;
+        let sample_duration = Histogram::with_opts(
+            HistogramOpts::new("apptheus_sample_duration_seconds", "Time taken to sample one container's cgroup.")
+                .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
+        )?;
+        let sample_errors = IntCounterVec::new(
+            Opts::new("apptheus_sample_errors_total", "Cgroup sources that could not be read or parsed while sampling, by source."),
+            &["source"],
+        )?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(containers.clone()))?;
+        registry.register(Box::new(sample_duration.clone()))?;
+        registry.register(Box::new(sample_errors.clone()))?;
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        registry.register(Box::new(ContainerCollector::new(store, legacy)))?;
+        Ok(Telemetry { registry, connections, containers, sample_duration, sample_errors })
+    }
+
+    pub fn count_connection(&self, result: &str) {
+        self.connections.with_label_values(&[result]).inc();
+    }
+}

@@ -1,0 +1,28 @@
+//! Developer tasks: `cargo xtask <task>`. Each task lives in its own module.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod ebpf;
+mod vm;
+
+#[derive(Parser)]
+#[command(about = "apptheus developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain if missing and build the eBPF object.
+    BuildEbpf(ebpf::BuildArgs),
+    /// Boot a stock Debian kernel with pure cgroup v2 in qemu and run the agent's end-to-end test there.
+    VmTest(vm::VmArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf(args) => ebpf::build(args),
+        Task::VmTest(args) => vm::run(args),
+    }
+}

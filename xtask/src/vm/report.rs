@@ -1,0 +1,105 @@
+//! What the host learns from the guest: the init's start and exit markers on the console (which is
+//! also kept in a log file and a tail for error messages), and the test script's `ok - ...` /
+//! `not ok - ...` lines, relayed to stdout and counted.
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::qemu::Sink;
+
+const TAIL_LINES: usize = 60;
+
+pub struct Console {
+    start_marker: String,
+    exit_marker: String,
+    log: File,
+    verbose: bool,
+    tail: VecDeque<String>,
+    /// Host time and guest uptime (s) when the init started the command.
+    pub started: Option<(Instant, f64)>,
+    /// The command's exit status and the guest uptime (s) when it ended.
+    pub exited: Option<(i32, f64)>,
+}
+
+impl Console {
+    pub fn new(token: &str, log: &Path, verbose: bool) -> Result<Self> {
+        Ok(Console {
+            start_marker: format!("VM-TEST-START-{token} "),
+            exit_marker: format!("VM-TEST-EXIT-{token}="),
+            log: File::create(log).with_context(|| format!("creating {}", log.display()))?,
+            verbose,
+            tail: VecDeque::new(),
+            started: None,
+            exited: None,
+        })
+    }
+
+    fn line(&mut self, line: &str) {
+        let _ = writeln!(self.log, "{line}");
+        if self.verbose {
+            eprintln!("console| {line}");
+        }
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+        if let Some(rest) = after(line, &self.start_marker) {
+            self.started = Some((Instant::now(), uptime(rest)));
+        } else if let Some(rest) = after(line, &self.exit_marker) {
+            let code = rest.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(-1);
+            self.exited = Some((code, uptime(rest)));
+        }
+    }
+
+    pub fn tail(&self) -> String {
+        self.tail.iter().map(|l| format!("console| {l}\n")).collect()
+    }
+}
+
+/// The text after `marker` in `line` (kernel messages may share the line).
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+fn uptime(text: &str) -> f64 {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("uptime="))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+pub fn console_sink(console: Arc<Mutex<Console>>) -> Sink {
+    Box::new(move |line| console.lock().unwrap_or_else(PoisonError::into_inner).line(line))
+}
+
+#[derive(Default)]
+pub struct Tally {
+    pub passed: u32,
+    pub failed: u32,
+}
+
+/// Relays the guest's stdout and counts its TAP-style check lines.
+pub fn stdout_sink(tally: Arc<Mutex<Tally>>) -> Sink {
+    Box::new(move |line| {
+        {
+            let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
+            if line.starts_with("ok ") {
+                t.passed += 1;
+            } else if line.starts_with("not ok ") {
+                t.failed += 1;
+            }
+        }
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })
+}
+
+pub fn stderr_sink() -> Sink {
+    Box::new(|line| eprintln!("{line}"))
+}
