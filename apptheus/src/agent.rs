@@ -30,13 +30,13 @@ pub struct Agent {
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
-    if trusted.is_empty() {
-        tracing::warn!("--trust.path is empty: every launcher will be refused");
-    }
     let layout = Layout::detect(&args.cgroup_parent)?;
     let web = crate::http::bind(&args.web_listen_address).await?;
     let socket = Socket::bind(&args.socket_path)?;
     cgroup::prepare_parent(&layout).context("preparing --cgroup.parent")?;
+    if trusted.is_empty() {
+        tracing::warn!("--trust.path is empty: every launcher will be refused");
+    }
 
     let store = Arc::new(Store::new());
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;

@@ -38,7 +38,6 @@ fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
     match runtime.block_on(apptheus::agent::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(err = %format!("{err:#}"), "apptheus failed");
             eprintln!("apptheus: {err:#}");
             ExitCode::FAILURE
         }

@@ -1,0 +1,339 @@
+#!/bin/sh
+# End-to-end test of the apptheus agent on a pure cgroup v2 hierarchy, run as root (busybox sh)
+# inside the VM that `cargo xtask vm-test` boots. See README.md.
+#
+# Phase 1: the agent with an absolute --cgroup.parent (/metric_gateway, from the root of the
+#   hierarchy); a busy container (busy-workload.sh) and an idle one (sleep); placement, the
+#   no-internal-process rule, cgroup and eBPF metrics checked against the kernel's own files;
+#   exit statuses, trust, and removal of the cgroups.
+# Phase 2: the systemd layout: the agent started inside a delegated subtree
+#   (/system.slice/apptheus.service) with a relative --cgroup.parent=containers; it must move
+#   itself into a leaf and place the container in apptheus.service/containers/<id>.
+#
+# Every check prints "ok - WHAT" or "not ok - WHAT (got ...)"; the host counts these lines. The
+# script ends with the counts and exits 1 if anything failed.
+
+APPTHEUS=${APPTHEUS:-/usr/local/bin/apptheus}
+VERBOSE=${VERBOSE:-0}
+CG=/sys/fs/cgroup
+S=/run/vm-test                  # state: FIFOs, logs, scraped metrics
+INTERVAL=200ms                  # --monitor.interval
+SETTLE=1                        # seconds to wait for a few samples to be taken
+CONTROLLERS="cpu io memory pids"
+MIB=1048576
+
+PASSED=0
+FAILED=0
+mkdir -p "$S" /run/apptheus
+
+# --- reporting --------------------------------------------------------------------------------
+pass() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "not ok - $1 (got ${2:-nothing})"; }
+# check WHAT GOT CMD...: pass if CMD succeeds
+check() { local what=$1 got_=$2; shift 2; if "$@"; then pass "$what"; else fail "$what" "$got_"; fi; }
+note() { echo "# $*"; }
+
+# --- numbers (values may be floats or "none") ---------------------------------------------------
+num() { [ "$1" != none ] && [ -n "$1" ]; }
+ge() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
+gt() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }'; }
+eq() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 == b + 0) }'; }
+# near A B: |A-B| <= 10% of B + 2% of a MiB/second (covers rounding of small values)
+near() { num "$1" && num "$2" && awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= b * 0.1 + 0.02) }'; }
+# expected per-second/byte values from the kernel's files
+usec_to_s() { awk -v u="$1" 'BEGIN { printf "%.6f\n", u / 1000000 }'; }
+
+# --- the kernel's view ------------------------------------------------------------------------
+cpu_usage_s() { usec_to_s "$(awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat")"; }
+# psi_total DIR RESOURCE some|full -> seconds
+psi_total() { usec_to_s "$(awk -v k="$3" '$1 == k { sub("total=", "", $5); print $5 }' "$1/$2.pressure")"; }
+io_wbytes() { awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) { sub("wbytes=", "", $i); s += $i } } END { print s + 0 }' "$1/io.stat"; }
+nprocs() { wc -l < "$1/cgroup.procs" | tr -d ' '; }
+has_words() { # has_words "LIST" WORDS...: every word is in LIST
+  local list=" $1 " w; shift
+  for w in "$@"; do case "$list" in *" $w "*) ;; *) return 1 ;; esac; done
+}
+
+# --- metrics ----------------------------------------------------------------------------------
+# scrape PORT: fetch /metrics into $S/metrics
+scrape() { wget -q -T 5 -O "$S/metrics" "http://127.0.0.1:$1/metrics"; }
+# value METRIC [SUBSTRING...]: sum of the samples of METRIC whose line contains every SUBSTRING;
+# "none" if there is no such sample
+value() {
+  local m=$1; shift
+  awk -v m="$m" -v filters="$*" '
+    BEGIN { n = split(filters, f, " ") }
+    /^#/ { next }
+    { name = $1; sub(/[{].*/, "", name); if (name != m) next
+      for (i = 1; i <= n; i++) if (index($0, f[i]) == 0) next
+      s += $NF; c++ }
+    END { if (c) printf "%.6f\n", s; else print "none" }' "$S/metrics"
+}
+# label METRIC LABEL SUBSTRING: value of LABEL on the first sample of METRIC containing SUBSTRING
+label() {
+  awk -v m="$1" -v l="$2" -v f="$3" '
+    /^#/ { next }
+    { name = $1; sub(/[{].*/, "", name); if (name != m || index($0, f) == 0) next
+      if (match($0, "[{,]" l "=\"[^\"]*\"")) { print substr($0, RSTART + length(l) + 3, RLENGTH - length(l) - 4); exit } }' "$S/metrics"
+}
+
+# --- processes --------------------------------------------------------------------------------
+# wait_until SECONDS CMD...: poll CMD every 0.1 s
+wait_until() {
+  local n=$(($1 * 10)); shift
+  while ! "$@"; do n=$((n - 1)); [ $n -le 0 ] && return 1; sleep 0.1; done
+}
+alive() { kill -0 "$1" 2>/dev/null; }
+dead() { ! alive "$1"; }
+gone() { [ ! -e "$1" ]; }
+
+AGENT_PID=
+# start_agent NAME PORT CGROUP_PARENT [PREFIX...]: run the agent (optionally through PREFIX, a
+# command that execs its arguments) and wait until /metrics answers
+start_agent() {
+  local name=$1 port=$2 parent=$3; shift 3
+  "$@" "$APPTHEUS" --socket.path=/run/apptheus/gateway.sock --trust.path="$APPTHEUS" \
+    --monitor.interval=$INTERVAL --web.listen-address=127.0.0.1:"$port" --web.telemetry-path=/metrics \
+    --cgroup.parent="$parent" --log.level=debug > "$S/agent-$name.log" 2>&1 &
+  AGENT_PID=$!
+  if wait_until 60 scrape "$port"; then
+    pass "$name: agent serves /metrics on 127.0.0.1:$port"
+  else
+    fail "$name: agent serves /metrics on 127.0.0.1:$port" "$(alive $AGENT_PID && echo 'no answer' || echo 'agent exited')"
+    return 1
+  fi
+}
+stop_agent() {
+  local name=$1
+  [ -n "$AGENT_PID" ] || return 0
+  kill -TERM "$AGENT_PID" 2>/dev/null
+  check "$name: agent exits on SIGTERM" "still running after 10 s" wait_until 10 dead "$AGENT_PID"
+  kill -KILL "$AGENT_PID" 2>/dev/null
+  wait "$AGENT_PID" 2>/dev/null
+  if [ "$VERBOSE" = 1 ] || [ $FAILED -gt 0 ]; then
+    echo "----- agent log ($name, last 60 lines) -----" >&2
+    tail -n 60 "$S/agent-$name.log" >&2
+    echo "-----" >&2
+  fi
+  AGENT_PID=
+}
+
+# start_container NAME CMD...: `apptheus exec` CMD in the background; sets LAUNCHER (its pid), ID
+# and CGROUP (as the launcher reports them) once the agent has answered
+start_container() {
+  local name=$1 line; shift
+  APPTHEUS_EXEC_VERBOSE=1 "$APPTHEUS" exec --socket.path=/run/apptheus/gateway.sock -- "$@" \
+    > "$S/$name.out" 2> "$S/$name.err" &
+  LAUNCHER=$!
+  eval "LAUNCHER_$name=$LAUNCHER"
+  wait_until 20 grep -q "^apptheus exec: container " "$S/$name.err" \
+    || wait_until 1 dead "$LAUNCHER"
+  line=$(grep "^apptheus exec: container " "$S/$name.err" | head -n 1)
+  ID=$(echo "$line" | awk '{ print $4 }')
+  CGROUP=$(echo "$line" | awk '{ print $7 }')
+  check "$name: the agent acknowledges the launcher" "$(head -c 300 "$S/$name.err")" [ -n "$ID" ]
+  check "$name: container id is apptheus_<launcher pid>" "$ID" [ "$ID" = "apptheus_$LAUNCHER" ]
+}
+
+# launcher_status NAME: wait for the launcher; its exit status in STATUS
+launcher_status() { eval "wait \$LAUNCHER_$1"; STATUS=$?; }
+
+cleanup() {
+  [ -n "$AGENT_PID" ] && kill -KILL "$AGENT_PID" 2>/dev/null
+  for p in $(cat "$CG"/metric_gateway/*/cgroup.procs "$CG"/system.slice/apptheus.service/containers/*/cgroup.procs 2>/dev/null); do
+    kill -KILL "$p" 2>/dev/null
+  done
+}
+trap cleanup EXIT
+
+# --- shared checks ----------------------------------------------------------------------------
+# check_placement PHASE PARENT_DIR ID PID...: the container's cgroup is PARENT_DIR/ID, holds the
+# given processes, and has the controllers; the parent holds no process and delegates them
+check_placement() {
+  local phase=$1 parent=$2 id=$3 dir rel p got; shift 3
+  dir=$parent/$id
+  check "$phase: cgroup $dir exists" "missing" [ -d "$dir" ]
+  rel=${dir#$CG}
+  for p in "$@"; do
+    got=$(cut -d: -f3 "/proc/$p/cgroup" 2>/dev/null)
+    check "$phase: process $p is in $rel" "$got" [ "$got" = "$rel" ]
+  done
+  got=$(cat "$parent/cgroup.subtree_control" 2>/dev/null)
+  check "$phase: $CONTROLLERS enabled in ${parent#$CG}/cgroup.subtree_control" "'$got'" has_words "$got" $CONTROLLERS
+  got=$(cat "$dir/cgroup.controllers" 2>/dev/null)
+  check "$phase: $CONTROLLERS available in the container cgroup" "'$got'" has_words "$got" $CONTROLLERS
+  got=$(nprocs "$parent")
+  check "$phase: no process in ${parent#$CG} itself (no-internal-process rule)" "$got processes" [ "$got" = 0 ]
+}
+
+# check_basic_metrics PHASE ID DIR LAUNCHER: labels, cpu, memory, processes, block writes
+check_basic_metrics() {
+  local phase=$1 id=$2 dir=$3 launcher=$4 sel got want
+  sel="name=\"$id\""
+  got=$(label container_memory_usage_bytes id "$sel")
+  check "$phase: id label is the cgroup path" "'$got'" [ "$got" = "${dir#$CG}" -o "$got" = "$dir" ]
+  got=$(label container_memory_usage_bytes pid "$sel")
+  check "$phase: pid label is the launcher's pid" "'$got'" [ "$got" = "$launcher" ]
+  got=$(label container_memory_usage_bytes user "$sel")
+  check "$phase: user label is root" "'$got'" [ "$got" = root ]
+
+  got=$(value container_cpu_usage_seconds_total "$sel" 'cpu="total"'); want=$(cpu_usage_s "$dir")
+  check "$phase: cpu usage >= 1 s (three 2 s burners)" "$got" ge "$got" 1
+  check "$phase: cpu usage matches cpu.stat usage_usec ($want s)" "$got" near "$got" "$want"
+
+  got=$(value container_memory_usage_bytes "$sel"); want=$(cat "$dir/memory.current")
+  check "$phase: memory usage >= 64 MiB (tmpfs file)" "$got" ge "$got" $((64 * MIB))
+  check "$phase: memory usage matches memory.current ($want)" "$got" near "$got" "$want"
+
+  got=$(value container_processes "$sel"); want=$(nprocs "$dir")
+  check "$phase: processes = cgroup.procs ($want)" "$got" eq "$got" "$want"
+
+  got=$(value container_fs_writes_bytes_total "$sel"); want=$(io_wbytes "$dir")
+  check "$phase: block writes >= 20 MiB (direct writes to /dev/ram0)" "$got" ge "$got" $((20 * MIB))
+  check "$phase: block writes match io.stat wbytes ($want)" "$got" near "$got" "$want"
+  got=$(label container_fs_writes_bytes_total device "$sel")
+  check "$phase: block writes carry the device ram0" "'$got'" eval 'case "$got" in *ram0) true ;; *) false ;; esac'
+}
+
+# check_pressure PHASE ID DIR: PSI waiting/stalled totals equal the kernel's; waiting is non-zero
+check_pressure() {
+  local phase=$1 id=$2 dir=$3 sel got want r
+  sel="name=\"$id\""
+  for r in cpu memory io; do
+    got=$(value container_pressure_${r}_waiting_seconds_total "$sel"); want=$(psi_total "$dir" $r some)
+    check "$phase: $r pressure (waiting) > 0" "$got" gt "$got" 0
+    check "$phase: $r pressure (waiting) matches $r.pressure some ($want s)" "$got" near "$got" "$want"
+    got=$(value container_pressure_${r}_stalled_seconds_total "$sel"); want=$(psi_total "$dir" $r full)
+    check "$phase: $r pressure (stalled) matches $r.pressure full ($want s)" "$got" near "$got" "$want"
+  done
+}
+
+# check_ebpf PHASE BUSY_ID IDLE_ID
+check_ebpf() {
+  local phase=$1 busy="name=\"$2\"" idle="name=\"$3\"" got
+  got=$(value apptheus_ebpf_up)
+  check "$phase: apptheus_ebpf_up is 1" "$got" eq "$got" 1
+  got=$(value container_execs_total "$busy")
+  check "$phase: busy execs >= 20" "$got" ge "$got" 20
+  got=$(value container_execs_total "$idle")
+  check "$phase: idle execs >= 1 (sleep)" "$got" ge "$got" 1
+  got=$(value container_context_switches_total "$busy")
+  check "$phase: busy context switches > 0" "$got" gt "$got" 0
+  got=$(value container_network_transmit_bytes_total "$busy")
+  check "$phase: busy network transmit >= 2 MiB (loopback)" "$got" ge "$got" $((2 * MIB))
+  got=$(value container_network_receive_bytes_total "$busy")
+  check "$phase: busy network receive >= 2 MiB (loopback)" "$got" ge "$got" $((2 * MIB))
+  got=$(value container_network_transmit_bytes_total "$idle")
+  check "$phase: idle network transmit < 64 KiB" "$got" eval '[ "$got" = none ] || ! ge "$got" 65536'
+}
+
+# wait_busy NAME CGROUP_DIR: wait for busy-workload.sh to be ready (and a few samples to be taken)
+wait_busy() {
+  local got
+  check "$1: workload ran" "$(cat "$S/$1.err" 2>/dev/null | head -c 300)" wait_until 60 test -e "$S/ready"
+  got=$(cat "$S/ready" 2>/dev/null)
+  check "$1: workload could set memory.high and io.max on its own cgroup" "$got" [ "$got" = limits=ok ]
+  got=$(cat "$S/cgroup" 2>/dev/null)
+  check "$1: the workload runs in the launcher's cgroup" "$got" [ "$got" = "$2" ]
+  sleep $SETTLE
+}
+release_busy() {
+  timeout 5 sh -c "echo go > '$S/release'" || note "busy workload was not waiting"
+}
+
+# ============================================================================================
+note "phase 1: absolute --cgroup.parent=/metric_gateway"
+P1=$CG/metric_gateway
+if start_agent phase1 9091 /metric_gateway; then
+  mkfifo "$S/release"
+  rm -f "$S/ready"
+  start_container busy sh /tests/vm/busy-workload.sh "$S" 5555
+  BUSY=$ID BUSY_CG=$CGROUP BUSY_LAUNCHER=$LAUNCHER
+  start_container idle sleep 600
+  IDLE=$ID IDLE_LAUNCHER=$LAUNCHER
+  wait_busy busy "$P1/$BUSY"
+
+  check_placement phase1 "$P1" "$BUSY" "$BUSY_LAUNCHER"
+  check_placement phase1 "$P1" "$IDLE" "$IDLE_LAUNCHER"
+  IDLE_SLEEP=$(grep -v "^$IDLE_LAUNCHER\$" "$P1/$IDLE/cgroup.procs" 2>/dev/null | head -n 1)
+  check "phase1: launcher reports the cgroup path" "'$BUSY_CG'" [ "$BUSY_CG" = "$P1/$BUSY" -o "$BUSY_CG" = "/metric_gateway/$BUSY" ]
+
+  scrape 9091 || fail "phase1: scrape /metrics" "wget failed"
+  got=$(value apptheus_containers)
+  check "phase1: apptheus_containers is 2" "$got" eq "$got" 2
+  check_basic_metrics phase1 "$BUSY" "$P1/$BUSY" "$BUSY_LAUNCHER"
+  check_pressure phase1 "$BUSY" "$P1/$BUSY"
+  check_ebpf phase1 "$BUSY" "$IDLE"
+  got=$(value container_memory_usage_bytes "name=\"$IDLE\""); busy_mem=$(value container_memory_usage_bytes "name=\"$BUSY\"")
+  check "phase1: idle memory usage > 0 and below busy's" "$got" eval 'gt "$got" 0 && ! ge "$got" "$busy_mem"'
+  got=$(value container_cpu_usage_seconds_total "name=\"$IDLE\"" 'cpu="total"')
+  check "phase1: idle cpu usage < 0.5 s" "$got" eval 'num "$got" && ! ge "$got" 0.5'
+  got=$(value container_processes "name=\"$IDLE\"")
+  check "phase1: idle processes = 2 (launcher and sleep)" "$got" eq "$got" 2
+
+  # the end of the containers
+  release_busy
+  launcher_status busy; got=$STATUS
+  check "phase1: busy launcher exits with the workload's status 0" "$got" [ "$got" = 0 ]
+  [ -n "$IDLE_SLEEP" ] && kill -TERM "$IDLE_SLEEP"
+  launcher_status idle; got=$STATUS
+  check "phase1: idle launcher exits 143 when sleep is killed by SIGTERM" "$got" [ "$got" = 143 ]
+  check "phase1: busy cgroup removed" "still there after 10 s" wait_until 10 gone "$P1/$BUSY"
+  check "phase1: idle cgroup removed" "still there after 10 s" wait_until 10 gone "$P1/$IDLE"
+  sleep $SETTLE
+  scrape 9091 || fail "phase1: scrape /metrics" "wget failed"
+  got=$(value apptheus_containers)
+  check "phase1: apptheus_containers is 0 at the end" "$got" eq "$got" 0
+  got=$(value container_memory_usage_bytes "name=\"$BUSY\"")
+  check "phase1: the removed container's series are gone" "$got" [ "$got" = none ]
+
+  # exit status and trust
+  start_container status sh -c 'exit 7'
+  launcher_status status; got=$STATUS
+  check "phase1: launcher exits with its command's status (7)" "$got" [ "$got" = 7 ]
+  mkdir -p /tmp/untrusted && cp "$APPTHEUS" /tmp/untrusted/apptheus
+  /tmp/untrusted/apptheus exec --socket.path=/run/apptheus/gateway.sock -- true > "$S/untrusted.out" 2>&1
+  got=$?
+  check "phase1: an untrusted launcher is refused (exit 125)" "$got: $(head -c 200 "$S/untrusted.out")" [ "$got" = 125 ]
+  got=$(ls "$P1" 2>/dev/null | grep -c '^apptheus_')
+  check "phase1: no container cgroup left in /metric_gateway" "$got" [ "$got" = 0 ]
+fi
+stop_agent phase1
+
+# ============================================================================================
+note "phase 2: systemd layout, relative --cgroup.parent=containers below a delegated apptheus.service"
+SLICE=$CG/system.slice
+SERVICE=$SLICE/apptheus.service
+P2=$SERVICE/containers
+# what systemd does for a Delegate=yes service: controllers available in the service's cgroup,
+# the main process started inside it, nothing enabled below
+mkdir -p "$SERVICE"
+echo "+cpu +io +memory +pids" > "$SLICE/cgroup.subtree_control"
+enter_service() { exec sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$SERVICE" "$@"; }
+if start_agent phase2 9092 containers enter_service; then
+  got=$(cut -d: -f3 "/proc/$AGENT_PID/cgroup")
+  check "phase2: agent moved itself into a leaf below apptheus.service" "$got" \
+    eval 'case "$got" in "${SERVICE#$CG}"/containers*) false ;; "${SERVICE#$CG}"/*) true ;; *) false ;; esac'
+  got=$(nprocs "$SERVICE")
+  check "phase2: no process left in apptheus.service itself" "$got processes" [ "$got" = 0 ]
+  got=$(cat "$SERVICE/cgroup.subtree_control")
+  check "phase2: $CONTROLLERS enabled in apptheus.service/cgroup.subtree_control" "'$got'" has_words "$got" $CONTROLLERS
+
+  rm -f "$S/ready" "$S/release" "$S/hold"; mkfifo "$S/release"
+  start_container busy2 sh /tests/vm/busy-workload.sh "$S" 5556
+  BUSY=$ID BUSY_LAUNCHER=$LAUNCHER
+  wait_busy busy2 "$P2/$BUSY"
+  check_placement phase2 "$P2" "$BUSY" "$BUSY_LAUNCHER"
+  scrape 9092 || fail "phase2: scrape /metrics" "wget failed"
+  got=$(value apptheus_containers)
+  check "phase2: apptheus_containers is 1" "$got" eq "$got" 1
+  check_basic_metrics phase2 "$BUSY" "$P2/$BUSY" "$BUSY_LAUNCHER"
+  release_busy
+  launcher_status busy2; got=$STATUS
+  check "phase2: launcher exits with the workload's status 0" "$got" [ "$got" = 0 ]
+  check "phase2: container cgroup removed" "still there after 10 s" wait_until 10 gone "$P2/$BUSY"
+fi
+stop_agent phase2
+
+echo "# guest-test: $PASSED passed, $FAILED failed"
+[ $FAILED = 0 ]
