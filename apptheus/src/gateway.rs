@@ -174,11 +174,11 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
     let cg = ContainerCgroup::create(&agent.layout, &id).map_err(PlaceError::Failed)?;
     let mut moved: Vec<i32> = Vec::new();
+    // On failure, put what was moved back where it was, then remove the new cgroups.
     let undo = |moved: &[i32]| {
         for pid in moved {
-            for (dir, back) in cg.dirs.iter().zip(&origin) {
+            for back in &origin {
                 let _ = std::fs::write(back.join("cgroup.procs"), pid.to_string());
-                let _ = dir;
             }
         }
         let _ = cg.remove();

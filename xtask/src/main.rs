@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod ebpf;
+mod test;
 mod vm;
 
 #[derive(Parser)]
@@ -18,11 +19,14 @@ enum Task {
     BuildEbpf(ebpf::BuildArgs),
     /// Boot a stock Debian kernel with pure cgroup v2 in qemu and run the agent's end-to-end test there.
     VmTest(vm::VmArgs),
+    /// Run every test: the README's test command, as CI runs it (as root).
+    Test(test::TestArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf(args) => ebpf::build(args),
         Task::VmTest(args) => vm::run(args),
+        Task::Test(args) => test::run(args),
     }
 }
