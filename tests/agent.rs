@@ -142,14 +142,13 @@ fn a_caller_that_exits_before_the_check_is_refused() {
     // Freeze the agent so that the launcher connects, then dies, before the agent looks at it.
     unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
     let mut launcher = agent.exec(&["sleep", "30"]);
-    let connected = wait_for(Duration::from_secs(5), "launcher connected", || {
+    wait_for(Duration::from_secs(5), "launcher connected", || {
         let fd_dir = format!("/proc/{}/fd", launcher.id());
         let sockets = std::fs::read_dir(fd_dir).ok()?.flatten().filter(|e| {
             std::fs::read_link(e.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false)
         });
         (sockets.count() > 0).then_some(())
     });
-    let _ = connected;
     std::thread::sleep(Duration::from_millis(100));
     launcher.kill().unwrap();
     launcher.wait().unwrap();
@@ -246,6 +245,8 @@ time.sleep(30)
         .or_else(|_| std::fs::read_to_string(agent.container_dirs(&id)[0].join("cgroup.threads")))
         .unwrap();
     assert!(threads.lines().count() >= 5);
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
 }
 
 #[test]

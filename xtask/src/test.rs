@@ -1,6 +1,9 @@
 //! `cargo xtask test`: the project's whole test command, as README.md and CI run it.
+//! It ends with one plain line, `tests: N passed, N failed, N skipped`, summed over every test
+//! binary (cargo prints one result line per binary, the last of which may be an empty doc-test run).
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -11,19 +14,67 @@ pub struct TestArgs {
     pub cargo_args: Vec<String>,
 }
 
-pub fn run(args: TestArgs) -> Result<()> {
-    cargo(&["test", "--workspace", "--locked", "--no-fail-fast"], &args.cargo_args)
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
 }
 
-fn cargo(base: &[&str], extra: &[String]) -> Result<()> {
+pub fn run(args: TestArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(base)
-        .args(extra)
-        .status()
-        .with_context(|| format!("running {cargo} {}", base.join(" ")))?;
+    let mut child = Command::new(&cargo)
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+        .args(&args.cargo_args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cargo} test"))?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        add_result_line(&mut totals, &line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // Skipped privileged tests print "SKIP" but count as passed in cargo's tally; with
+    // APPTHEUS_REQUIRE_PRIVILEGED=1 they fail instead, so there are none in CI.
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     if !status.success() {
-        bail!("{cargo} {} failed ({status})", base.join(" "));
+        bail!("cargo test failed ({status})");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
     }
     Ok(())
+}
+
+/// Add a `test result: ok. 14 passed; 0 failed; 0 ignored; ...` line to the totals.
+fn add_result_line(t: &mut Totals, line: &str) {
+    let Some(rest) = line.strip_prefix("test result: ") else { return };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(kind), Some(n)) = (words.next(), words.next()) else { continue };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match kind {
+            "passed" => t.passed += n,
+            "failed" => t.failed += n,
+            "ignored" => t.ignored += n,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_result_lines() {
+        let mut t = Totals::default();
+        add_result_line(&mut t, "test result: ok. 14 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 12.20s");
+        add_result_line(&mut t, "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out");
+        add_result_line(&mut t, "running 3 tests");
+        assert_eq!(t, Totals { passed: 17, failed: 2, ignored: 1 });
+    }
 }

@@ -331,3 +331,107 @@ fn clock_ticks_per_second() -> u64 {
         100
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::layout::{Hierarchy, Version};
+
+    /// A pure-v2 layout whose parent is the fixtures directory, so `<parent>/v2` is the fixture
+    /// tree written from cgroup-v2.rst.
+    fn v2_fixture_tree() -> (Layout, ContainerCgroup) {
+        let fixtures = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
+        let layout = Layout {
+            mode: Mode::V2,
+            hierarchies: vec![Hierarchy {
+                version: Version::V2,
+                controllers: vec![],
+                mount: fixtures.clone(),
+                own_dir: fixtures.clone(),
+                parent_dir: fixtures,
+                parent_path: "/fixtures".into(),
+            }],
+        };
+        let cg = ContainerCgroup::at(&layout, "v2");
+        (layout, cg)
+    }
+
+    #[test]
+    fn pure_v2_fixture_tree_samples_every_source() {
+        let (layout, cg) = v2_fixture_tree();
+        let collectors = collectors_for(&layout);
+        let (s, errors) = sample(&collectors, &cg);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cg.path, "/fixtures/v2");
+        assert_eq!(s.cpu.usage_ns, Some(2_412_345_000));
+        assert_eq!(s.cpu.user_ns, Some(1_802_345_000));
+        assert_eq!(s.cpu.system_ns, Some(610_000_000));
+        assert_eq!(s.cpu.periods, Some(1200));
+        assert_eq!(s.cpu.throttled_periods, Some(37));
+        assert_eq!(s.cpu.throttled_ns, Some(845_123_000));
+        assert_eq!(s.memory.usage_bytes, Some(157_286_400));
+        assert_eq!(s.memory.working_set_bytes, Some(157_286_400 - 36_864_000));
+        assert_eq!(s.memory.rss_bytes, Some(104_857_600));
+        assert_eq!(s.memory.cache_bytes, Some(52_428_800));
+        assert_eq!(s.memory.limit, Some(Limit::Unlimited));
+        assert_eq!(s.memory.failcnt, Some(12));
+        assert_eq!(s.memory.oom_kills, Some(1));
+        assert!(s.memory.swap_bytes.is_some());
+        assert_eq!(s.pids.limit, Some(Limit::Unlimited));
+        assert!(s.pids.current.is_some());
+        assert!(s.processes.is_some());
+        assert_eq!(s.io.len(), 2);
+        let sdb = s.io.iter().find(|d| d.device.ends_with("8:16") || d.device == "/dev/sdb").unwrap();
+        assert_eq!((sdb.read_bytes, sdb.write_bytes, sdb.reads, sdb.writes), (1_459_200, 314_773_504, 192, 353));
+    }
+
+    #[test]
+    fn missing_files_are_omitted_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("c")).unwrap();
+        std::fs::write(dir.path().join("c/memory.current"), "4096\n").unwrap();
+        let layout = Layout {
+            mode: Mode::V2,
+            hierarchies: vec![Hierarchy {
+                version: Version::V2,
+                controllers: vec![],
+                mount: dir.path().into(),
+                own_dir: dir.path().into(),
+                parent_dir: dir.path().into(),
+                parent_path: "/".into(),
+            }],
+        };
+        let cg = ContainerCgroup::at(&layout, "c");
+        let (s, errors) = sample(&collectors_for(&layout), &cg);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.memory.usage_bytes, Some(4096));
+        assert_eq!(s.cpu.usage_ns, None);
+        assert_eq!(s.memory.swap_bytes, None);
+        assert!(s.io.is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_of_its_source_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("c")).unwrap();
+        std::fs::write(dir.path().join("c/cpu.stat"), "usage_usec lots\n").unwrap();
+        std::fs::write(dir.path().join("c/pids.current"), "3\n").unwrap();
+        let layout = Layout {
+            mode: Mode::V2,
+            hierarchies: vec![Hierarchy {
+                version: Version::V2,
+                controllers: vec![],
+                mount: dir.path().into(),
+                own_dir: dir.path().into(),
+                parent_dir: dir.path().into(),
+                parent_path: "/".into(),
+            }],
+        };
+        let cg = ContainerCgroup::at(&layout, "c");
+        let (s, errors) = sample(&collectors_for(&layout), &cg);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, "cpu");
+        assert!(errors[0].1.to_string().contains("cpu.stat"), "{}", errors[0].1);
+        assert_eq!(s.pids.current, Some(3));
+    }
+}
