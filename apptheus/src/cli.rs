@@ -61,6 +61,36 @@ pub struct AgentArgs {
           value_parser = parse_cgroup_parent)]
     pub cgroup_parent: String,
 
+    /// Web configuration (TLS, basic auth, headers) in the Prometheus exporter-toolkit format.
+    #[arg(long = "web.config.file", value_name = "FILE", default_value = "")]
+    pub web_config_file: String,
+
+    /// URL under which the agent is reached from outside (for links; its path is the default route prefix).
+    #[arg(long = "web.external-url", value_name = "URL", default_value = "")]
+    pub web_external_url: String,
+
+    /// Prefix for the internal routes of web endpoints. Defaults to the path of --web.external-url.
+    #[arg(long = "web.route-prefix", value_name = "PATH", default_value = "")]
+    pub web_route_prefix: String,
+
+    // (web.* flags for request limits go here)
+
+    /// How long a finished container's final sample stays exported. 0s: drop it at once (Go Apptheus behaviour).
+    #[arg(long = "metrics.retention", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub metrics_retention: Duration,
+
+    /// Launcher environment variables to add as labels (comma-separated, e.g. SLURM_JOB_ID,SLURM_JOB_USER).
+    #[arg(long = "metrics.env-labels", value_name = "VARS", default_value = "", value_delimiter = ',')]
+    pub metrics_env_labels: Vec<String>,
+
+    /// File to persist the metric store to. Empty: memory only.
+    #[arg(long = "persistence.file", value_name = "FILE", default_value = "")]
+    pub persistence_file: String,
+
+    /// Interval at which the persistence file is written.
+    #[arg(long = "persistence.interval", value_name = "DURATION", default_value = "5m", value_parser = parse_positive_duration)]
+    pub persistence_interval: Duration,
+
     /// Also export the Go Apptheus series (cpu_usage_per, memory_usage, ...) for old dashboards.
     #[arg(long = "metrics.legacy", value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
