@@ -76,12 +76,13 @@ fn trusted_launcher_is_placed_sampled_and_cleaned_up() {
     assert_eq!(second.one("apptheus_containers", &[]), Some(1.0));
     assert_eq!(second.one("apptheus_connections_total", &[("result", "accepted")]), Some(1.0));
 
-    // After the workload ends, its cgroups and series go.
+    // After the workload ends, its cgroups go; its final sample stays for the retention
+    // (default 5m; see tests/lifecycle.rs), marked with its end time.
     let status = launcher.wait().unwrap();
     assert!(status.success(), "launcher exited with {status}");
     wait_for(Duration::from_secs(10), "container cgroups removed", || dirs.iter().all(|d| !d.exists()).then_some(()));
     let after = agent.scrape();
-    assert!(after.get("container_memory_usage_bytes", &[("name", &id)]).is_empty());
+    assert!(after.one("container_end_time_seconds", &[("name", &id)]).is_some());
     assert_eq!(after.one("apptheus_containers", &[]), Some(0.0));
 }
 

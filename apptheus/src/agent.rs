@@ -1,7 +1,8 @@
 //! The daemon: start-up checks, wiring of socket, sampler and HTTP server, and shutdown.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
@@ -10,6 +11,7 @@ use crate::cgroup::{self, Collector, Layout};
 use crate::cli::{split_trust_paths, AgentArgs};
 use crate::duration::format_duration;
 use crate::gateway::Socket;
+use crate::{persistence, recovery};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::trust::TrustedSet;
@@ -22,6 +24,10 @@ pub struct Agent {
     pub telemetry: Telemetry,
     pub interval: Duration,
     pub trusted: TrustedSet,
+    /// How long a finished container's final sample stays exported.
+    pub retention: Duration,
+    /// Launcher environment variables exported as labels.
+    pub env_labels: Vec<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -39,7 +45,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
 
     let store = Arc::new(Store::new());
+    let persistence_file = (!args.persistence_file.is_empty()).then(|| PathBuf::from(&args.persistence_file));
+    if let Some(path) = &persistence_file {
+        for record in persistence::load_or_set_aside(path) {
+            store.restore(record);
+        }
+    }
+    // Containers an earlier agent left running are monitored again; the rest of the loaded
+    // records ended while nobody watched, and are kept for the retention.
+    let recovered = recovery::scan(&layout, &store);
+    let adopted: Vec<String> = recovered.adopted.iter().map(|(id, _)| id.clone()).collect();
+    store.end_all_except(&adopted, SystemTime::now());
+
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
+    telemetry.containers.set(store.live_count() as i64);
     let agent = Arc::new(Agent {
         collectors: cgroup::collectors_for(&layout),
         layout,
@@ -47,8 +66,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         telemetry,
         interval: args.monitor_interval,
         trusted,
+        retention: args.metrics_retention,
+        env_labels: crate::environ::wanted_vars(&args.metrics_env_labels),
         shutdown: CancellationToken::new(),
     });
+    for (id, cg) in recovered.adopted {
+        tokio::spawn(crate::monitor::watch(agent.clone(), id, cg));
+    }
+    tokio::spawn(crate::monitor::expire_ended(agent.clone()));
+    let writer = persistence_file.clone().map(|path| tokio::spawn(write_periodically(agent.clone(), path, args.persistence_interval)));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         cgroups = ?agent.layout.mode,
@@ -76,11 +102,46 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         drop(socket);
     }
     let _ = http.await;
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
+    if let Some(path) = &persistence_file {
+        write_store(&agent, path).await;
+    }
     // The parent goes too if no container is left in it (a live one keeps it: EBUSY).
     for h in &agent.layout.hierarchies {
         let _ = std::fs::remove_dir(&h.parent_dir);
     }
     Ok(())
+}
+
+/// Write the persistence file every `interval` until shutdown.
+async fn write_periodically(agent: Arc<Agent>, path: PathBuf, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await; // the first tick is immediate; the store was just loaded
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => write_store(&agent, &path).await,
+            _ = agent.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn write_store(agent: &Agent, path: &Path) {
+    let records = agent.store.records();
+    let target = path.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || persistence::save(&target, records)).await;
+    match result {
+        Ok(Ok(())) => tracing::debug!(path = %path.display(), "persistence file written"),
+        Ok(Err(err)) => {
+            agent.telemetry.persistence_errors.inc();
+            tracing::error!(path = %path.display(), %err, "cannot write the persistence file; serving continues");
+        }
+        Err(err) => {
+            agent.telemetry.persistence_errors.inc();
+            tracing::error!(%err, "persistence task failed");
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

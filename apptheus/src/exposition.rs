@@ -65,6 +65,7 @@ families! {
     IoStalled = ("container_pressure_io_stalled_seconds_total", COUNTER, &[], "Total time duration no tasks in the container could make progress due to IO congestion.");
     StartTime = ("container_start_time_seconds", GAUGE, &[], "Start time of the container since unix epoch in seconds.");
     LastSeen = ("container_last_seen", GAUGE, &[], "Last time a container was seen by the exporter (unix seconds).");
+    EndTime = ("container_end_time_seconds", GAUGE, &[], "Time the container's last process was gone (unix seconds); its series stay for --metrics.retention.");
 }
 
 macro_rules! legacy_families {
@@ -140,7 +141,8 @@ impl Collector for ContainerCollector {
             let labels = container_labels(&entry);
             render_container(&mut out, &entry, &labels);
             if self.legacy {
-                let job = vec![label("job", &entry.info.id), label("instance", "")];
+                let mut job = vec![label("job", &entry.info.id), label("instance", "")];
+                job.extend(entry.info.labels.iter().map(|(k, v)| label(k, v)));
                 render_legacy(&mut legacy, &entry, &job, self.machine);
             }
         }
@@ -165,12 +167,14 @@ fn label(name: &str, value: &str) -> LabelPair {
 }
 
 fn container_labels(e: &Entry) -> Vec<LabelPair> {
-    vec![
+    let mut labels = vec![
         label("name", &e.info.id),
         label("id", &e.info.cgroup_path),
         label("pid", &e.info.pid.to_string()),
         label("user", &e.info.user),
-    ]
+    ];
+    labels.extend(e.info.labels.iter().map(|(k, v)| label(k, v)));
+    labels
 }
 
 fn push(mf: &mut MetricFamily, labels: &[LabelPair], extra: &[(&str, &str)], value: f64) {
@@ -207,6 +211,7 @@ fn render_container(out: &mut [MetricFamily], e: &Entry, labels: &[LabelPair]) {
         }
     };
     put(F::StartTime, Some(unix_seconds(e.info.started)));
+    put(F::EndTime, e.ended.map(unix_seconds));
     let Some(timed) = e.latest.as_deref() else { return };
     let s: &Sample = &timed.sample;
     let secs = |ns: Option<u64>| ns.map(|v| v as f64 / 1e9);

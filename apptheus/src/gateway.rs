@@ -221,10 +221,11 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
         user,
         exe: peer.exe.clone(),
         started: SystemTime::now(),
+        labels: crate::environ::env_labels(peer.pid, &agent.env_labels),
     };
     // Registered even if the launcher died just now: its descendants are the container, and
     // the monitor removes the cgroup as soon as it is empty.
     agent.store.insert(info.clone());
-    agent.telemetry.containers.set(agent.store.len() as i64);
+    agent.telemetry.containers.set(agent.store.live_count() as i64);
     Ok((info, Some(cg), true))
 }

@@ -1,5 +1,6 @@
 //! One task per container: sample its cgroup at `--monitor.interval` on its own timer (the Go
-//! original shared one ticker between all containers), and clean up when it empties.
+//! original shared one ticker between all containers), take a final sample when it empties,
+//! then remove the cgroup. The final sample stays exported for `--metrics.retention`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -9,7 +10,7 @@ use tokio::time::MissedTickBehavior;
 use crate::agent::Agent;
 use crate::cgroup::{self, ContainerCgroup, Timed};
 
-/// Sample `cg` until no process is left in it, then drop its series and remove it.
+/// Sample `cg` until no process is left in it, then freeze its series and remove it.
 pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
     let mut ticker = tokio::time::interval(agent.interval);
     // After a stall, carry on at the interval instead of sampling in a burst.
@@ -20,15 +21,19 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
             _ = agent.shutdown.cancelled() => return,
         }
         match cg.is_populated() {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(true) => sample_once(&agent, &id, &cg),
+            Ok(false) => {
+                // The cgroup still holds the final figures until it is removed: a job shorter
+                // than one interval is still accounted.
+                sample_once(&agent, &id, &cg);
+                break;
+            }
             Err(err) => {
                 // The cgroup vanished or cannot be read: someone removed it; stop monitoring.
                 tracing::warn!(container = %id, path = %cg.path, %err, "cannot read cgroup state; ending monitoring");
                 break;
             }
         }
-        sample_once(&agent, &id, &cg);
     }
     finish(&agent, &id, cg).await;
 }
@@ -46,12 +51,31 @@ fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup) {
 }
 
 async fn finish(agent: &Agent, id: &str, cg: ContainerCgroup) {
-    agent.store.remove(id);
-    agent.telemetry.containers.set(agent.store.len() as i64);
+    if agent.retention.is_zero() {
+        agent.store.remove(id);
+    } else {
+        agent.store.finish(id, SystemTime::now());
+    }
+    agent.telemetry.containers.set(agent.store.live_count() as i64);
     let path = cg.path.clone();
     match tokio::task::spawn_blocking(move || cg.remove()).await {
         Ok(Ok(())) => tracing::info!(container = %id, cgroup = %path, "container ended; cgroup removed"),
         Ok(Err(err)) => tracing::warn!(container = %id, cgroup = %path, err = %format!("{err:#}"), "container ended; cgroup not removed"),
         Err(err) => tracing::error!(container = %id, %err, "cgroup removal task failed"),
+    }
+}
+
+/// Drop the series of containers that ended more than `--metrics.retention` ago.
+pub async fn expire_ended(agent: Arc<Agent>) {
+    let period = agent.retention.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = agent.shutdown.cancelled() => return,
+        }
+        for id in agent.store.expire(SystemTime::now(), agent.retention) {
+            tracing::debug!(container = %id, "retention over; series dropped");
+        }
     }
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Timed;
 
 /// What is known of a container from its placement.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerInfo {
     /// `<exe basename>_<pid>`: the `name` label (and the legacy `job` label).
     pub id: String,
@@ -21,6 +23,9 @@ pub struct ContainerInfo {
     pub exe: PathBuf,
     /// Placement time: `container_start_time_seconds`.
     pub started: SystemTime,
+    /// Labels from the launcher's environment (`--metrics.env-labels`), sanitised names.
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// A container's latest state, as a scrape sees it.
@@ -30,6 +35,17 @@ pub struct Entry {
     pub latest: Option<Arc<Timed>>,
     /// CPU use in percent of one core between the last two samples (legacy `cpu_usage_per`).
     pub cpu_percent: Option<f64>,
+    /// When its last process was gone; its final sample stays exported for the retention.
+    pub ended: Option<SystemTime>,
+}
+
+/// A container as the persistence file keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub info: ContainerInfo,
+    pub latest: Option<Timed>,
+    pub cpu_percent: Option<f64>,
+    pub ended: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +61,85 @@ impl Store {
     /// Register a newly placed container (no sample yet).
     pub fn insert(&self, info: ContainerInfo) {
         let id = info.id.clone();
-        self.write().insert(id, Entry { info: Arc::new(info), latest: None, cpu_percent: None });
+        self.write().insert(id, Entry { info: Arc::new(info), latest: None, cpu_percent: None, ended: None });
+    }
+
+    /// Mark a container ended: its series stay, frozen, until `expire` drops them.
+    pub fn finish(&self, id: &str, at: SystemTime) {
+        if let Some(e) = self.write().get_mut(id) {
+            e.ended = Some(at);
+        }
+    }
+
+    /// Drop containers that ended more than `retention` ago; returns their ids.
+    pub fn expire(&self, now: SystemTime, retention: Duration) -> Vec<String> {
+        let mut map = self.write();
+        let gone: Vec<String> = map
+            .iter()
+            .filter(|(_, e)| e.ended.is_some_and(|end| now.duration_since(end).is_ok_and(|d| d >= retention)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            map.remove(id);
+        }
+        gone
+    }
+
+    /// Containers still running (not ended).
+    pub fn live_count(&self) -> usize {
+        self.read().values().filter(|e| e.ended.is_none()).count()
+    }
+
+    /// Everything, for the persistence file.
+    pub fn records(&self) -> Vec<Record> {
+        self.read()
+            .values()
+            .map(|e| Record {
+                info: (*e.info).clone(),
+                latest: e.latest.as_deref().cloned(),
+                cpu_percent: e.cpu_percent,
+                ended: e.ended,
+            })
+            .collect()
+    }
+
+    /// Put back a container from the persistence file (it replaces nothing newer).
+    pub fn restore(&self, r: Record) {
+        let mut map = self.write();
+        if map.contains_key(&r.info.id) {
+            return;
+        }
+        let id = r.info.id.clone();
+        map.insert(
+            id,
+            Entry { info: Arc::new(r.info), latest: r.latest.map(Arc::new), cpu_percent: r.cpu_percent, ended: r.ended },
+        );
+    }
+
+    /// A container that runs (again): keep its stored sample if there is one, clear `ended`.
+    pub fn restore_live(&self, info: ContainerInfo) {
+        let mut map = self.write();
+        match map.get_mut(&info.id) {
+            Some(e) => e.ended = None,
+            None => {
+                let id = info.id.clone();
+                map.insert(id, Entry { info: Arc::new(info), latest: None, cpu_percent: None, ended: None });
+            }
+        }
+    }
+
+    /// Mark every container not in `running` as ended now (they ended while no agent watched).
+    pub fn end_all_except(&self, running: &[String], at: SystemTime) {
+        for (id, e) in self.write().iter_mut() {
+            if e.ended.is_none() && !running.contains(id) {
+                e.ended = Some(at);
+            }
+        }
+    }
+
+    /// The stored record of one container, if any.
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.read().get(id).cloned()
     }
 
     /// Record a sample; the CPU percentage comes from this and the previous sample of the same
@@ -61,9 +155,9 @@ impl Store {
         self.write().remove(id)
     }
 
-    /// The container a launcher pid already has, if it connected before.
+    /// The running container a launcher pid already has, if it connected before.
     pub fn find_by_pid(&self, pid: i32) -> Option<Arc<ContainerInfo>> {
-        self.read().values().find(|e| e.info.pid == pid).map(|e| e.info.clone())
+        self.read().values().find(|e| e.info.pid == pid && e.ended.is_none()).map(|e| e.info.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -113,6 +207,7 @@ mod tests {
             user: "root".into(),
             exe: "/usr/bin/x".into(),
             started: SystemTime::UNIX_EPOCH,
+            labels: vec![],
         }
     }
 
@@ -135,6 +230,35 @@ mod tests {
         // A counter that went backwards (cgroup recreated) gives no figure rather than a wild one.
         s.record("a_1", timed(2000, 1));
         assert_eq!(s.snapshot()[0].cpu_percent, None);
+    }
+
+    #[test]
+    fn ended_containers_stay_until_the_retention_passes() {
+        let s = Store::new();
+        s.insert(info("a_1", 1));
+        s.insert(info("b_2", 2));
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        s.finish("a_1", end);
+        assert_eq!(s.live_count(), 1);
+        assert_eq!(s.len(), 2);
+        assert!(s.find_by_pid(1).is_none(), "an ended container is not reused");
+        assert!(s.expire(end + Duration::from_secs(299), Duration::from_secs(300)).is_empty());
+        assert_eq!(s.expire(end + Duration::from_secs(300), Duration::from_secs(300)), vec!["a_1".to_string()]);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let s = Store::new();
+        s.insert(info("a_1", 1));
+        s.record("a_1", timed(1000, 7));
+        let t = Store::new();
+        for r in s.records() {
+            t.restore(r);
+        }
+        let e = t.get("a_1").unwrap();
+        assert_eq!(*e.info, info("a_1", 1));
+        assert_eq!(e.latest.unwrap().sample.cpu.usage_ns, Some(7));
     }
 
     #[test]

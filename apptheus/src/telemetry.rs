@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::exposition::ContainerCollector;
 use crate::store::Store;
@@ -16,6 +16,7 @@ pub struct Telemetry {
     pub sample_duration: Histogram,
     /// `apptheus_sample_errors_total{source}`: a source (cpu, memory, ...) that could not be read.
     pub sample_errors: IntCounterVec,
+    pub persistence_errors: IntCounter,
 }
 
 pub const RESULT_ACCEPTED: &str = "accepted";
@@ -48,6 +49,9 @@ impl Telemetry {
             Opts::new("apptheus_sample_errors_total", "Cgroup sources that could not be read or parsed while sampling, by source."),
             &["source"],
         )?;
+        let persistence_errors =
+            IntCounter::new("apptheus_persistence_errors_total", "Failed writes of the persistence file.")?;
+        registry.register(Box::new(persistence_errors.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(containers.clone()))?;
@@ -55,7 +59,7 @@ impl Telemetry {
         registry.register(Box::new(sample_errors.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         registry.register(Box::new(ContainerCollector::new(store, legacy)))?;
-        Ok(Telemetry { registry, connections, containers, sample_duration, sample_errors })
+        Ok(Telemetry { registry, connections, containers, sample_duration, sample_errors, persistence_errors })
     }
 
     pub fn count_connection(&self, result: &str) {

@@ -71,6 +71,8 @@ pub struct Agent {
     pub log: PathBuf,
     /// Processes the test started inside containers, killed by pid on drop.
     pub started: Vec<u32>,
+    /// The agent's command line, for restarts.
+    pub args: Vec<String>,
 }
 
 pub struct AgentOptions {
@@ -97,20 +99,33 @@ impl Agent {
         let parent = unique("apptheus-test");
         let log = dir.path().join("agent.log");
         let trust: Vec<String> = opts.trust.iter().map(|p| p.display().to_string()).collect();
-        let mut cmd = Command::new(BIN);
-        cmd.arg(format!("--socket.path={}", socket.display()))
-            .arg(format!("--trust.path={}", trust.join(";")))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--cgroup.parent={parent}"))
-            .arg(format!("--monitor.interval={}", opts.interval))
-            .arg("--log.level=debug")
-            .args(&opts.extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("spawn agent");
-        let mut agent = Agent { child: Some(child), dir, socket, port, parent, log, started: Vec::new() };
-        agent.wait_ready();
+        let mut args = vec![
+            format!("--socket.path={}", socket.display()),
+            format!("--trust.path={}", trust.join(";")),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--cgroup.parent={parent}"),
+            format!("--monitor.interval={}", opts.interval),
+            "--log.level=debug".to_string(),
+        ];
+        args.extend(opts.extra.iter().map(|a| a.replace("{dir}", &dir.path().display().to_string())));
+        let mut agent = Agent { child: None, dir, socket, port, parent, log, started: Vec::new(), args };
+        agent.spawn();
         agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN).args(&self.args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn agent");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// SIGKILL the agent (no clean-up of its own), then start it again with the same flags.
+    pub fn kill9_and_restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        self.spawn();
     }
 
     fn wait_ready(&mut self) {

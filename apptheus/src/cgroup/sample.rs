@@ -3,9 +3,11 @@
 
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 use crate::kernfs::{Limit, Pressure};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     pub cpu: CpuStats,
     pub memory: MemoryStats,
@@ -16,7 +18,7 @@ pub struct Sample {
     pub pressure: PressureStats,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct CpuStats {
     pub usage_ns: Option<u64>,
     pub user_ns: Option<u64>,
@@ -26,7 +28,7 @@ pub struct CpuStats {
     pub throttled_ns: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct MemoryStats {
     pub usage_bytes: Option<u64>,
     /// Usage minus inactive file pages: what the kernel cannot easily reclaim (cAdvisor's definition).
@@ -40,13 +42,13 @@ pub struct MemoryStats {
     pub oom_kills: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PidStats {
     pub current: Option<u64>,
     pub limit: Option<Limit>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceIo {
     /// `/dev/sda` where sysfs names the device, else `MAJ:MIN`.
     pub device: String,
@@ -56,7 +58,7 @@ pub struct DeviceIo {
     pub writes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct PressureStats {
     pub cpu: Option<Pressure>,
     pub memory: Option<Pressure>,
@@ -64,7 +66,7 @@ pub struct PressureStats {
 }
 
 /// A sample with the time it was taken.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timed {
     pub at: SystemTime,
     pub sample: Sample,

@@ -3,7 +3,7 @@
 use super::{dec_u64, error::snippet, nested_keyed::NestedLine, ErrorKind, Format, ParseError};
 
 /// One line (`some` or `full`) of a pressure file.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PressureLine {
     /// Percentage of time stalled, averaged over 10 s.
     pub avg10: f64,
@@ -16,7 +16,7 @@ pub struct PressureLine {
 }
 
 /// A parsed pressure file.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Pressure {
     /// Time some tasks were stalled.
     pub some: PressureLine,

@@ -3,7 +3,7 @@
 use super::{dec_u64, error::snippet, ErrorKind, Format, Lines, ParseError};
 
 /// A resource limit as read from a cgroup limit file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Limit {
     /// No limit: v2 `max`, v1 "PAGE_COUNTER_MAX" bytes, v1 `cpu.cfs_quota_us` `-1`.
     Unlimited,
