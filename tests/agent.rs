@@ -331,6 +331,18 @@ fn start_up_errors_are_one_line_and_leave_nothing() {
     assert!(err.contains("must run as root"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // Root without a capability it needs.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", BIN])
+        .arg(format!("--socket.path={}", sock.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("missing capabilities: CAP_SYS_PTRACE"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!dir.path().join("sub").exists());
+
     // A socket served by a live agent is not stolen.
     let agent = Agent::start();
     let out = Command::new(BIN)

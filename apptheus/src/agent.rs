@@ -35,6 +35,7 @@ pub struct Agent {
 /// (or after removing what was), so a failed start leaves nothing behind.
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
+    raise_fd_limit();
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;
     let web = crate::http::bind(&args.web_listen_address).await?;
@@ -153,6 +154,19 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// Each container holds its launcher's connection open, so allow as many descriptors as the
+/// hard limit permits (systemd's default soft limit of 1024 would cap containers near that).
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%err, "cannot raise the open-file limit");
+        }
+    }
 }
 
 /// Root with the capabilities that moving other users' processes between cgroups and reading
