@@ -501,3 +501,48 @@ fn real_python() -> PathBuf {
         .expect("python3");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// Start `launcher exec -- sleep 30` while the agent is frozen, change the launcher binary on
+/// disk with `change`, then let the agent check the caller.
+fn refused_after_binary_change(change: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let launcher_path = dir.path().join("launcher");
+    std::fs::copy(BIN, &launcher_path).unwrap();
+    let mut agent = Agent::start_with(AgentOptions { trust: vec![launcher_path.clone()], ..Default::default() });
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    let mut launcher = agent.exec_with(&launcher_path, &["sleep", "30"]);
+    wait_for(Duration::from_secs(5), "launcher connected", || {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", launcher.id())).ok()?;
+        fds.flatten()
+            .any(|e| std::fs::read_link(e.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false))
+            .then_some(())
+    });
+    change(&launcher_path);
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    let out = launcher.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deleted or replaced"), "{err}");
+    assert_refused(&agent, 0.0);
+}
+
+#[test]
+fn a_deleted_trusted_binary_is_refused() {
+    if !privileged("a_deleted_trusted_binary_is_refused") {
+        return;
+    }
+    refused_after_binary_change(|p| std::fs::remove_file(p).unwrap());
+}
+
+#[test]
+fn a_trusted_binary_replaced_at_its_path_is_refused() {
+    if !privileged("a_trusted_binary_replaced_at_its_path_is_refused") {
+        return;
+    }
+    // An upgrade-style replacement: a new file renamed over the trusted path (new inode).
+    refused_after_binary_change(|p| {
+        let new = p.with_extension("new");
+        std::fs::copy(BIN, &new).unwrap();
+        std::fs::rename(&new, p).unwrap();
+    });
+}
