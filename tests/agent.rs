@@ -493,14 +493,7 @@ impl Drop for Prometheus {
     }
 }
 
-/// The real python executable (not a wrapper such as a pyenv shim), as /proc/<pid>/exe shows it.
-fn real_python() -> PathBuf {
-    let out = Command::new("python3")
-        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
-        .output()
-        .expect("python3");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+
 
 /// Start `launcher exec -- sleep 30` while the agent is frozen, change the launcher binary on
 /// disk with `change`, then let the agent check the caller.

@@ -103,7 +103,18 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
         }
     };
     let placing = agent.clone();
-    let placed = tokio::task::spawn_blocking(move || place(&placing, peer)).await;
+    let placed = tokio::task::spawn_blocking(move || {
+        let pid = peer.pid;
+        let alive = peer.pidfd_clone();
+        match place(&placing, peer) {
+            // Whatever failed, a caller that died meanwhile is "gone", not an agent fault.
+            Err(PlaceError::Failed(_)) if alive.as_ref().is_some_and(|fd| !trust::pidfd_alive(fd)) => {
+                Err(PlaceError::Refused(Refusal::Gone(pid)))
+            }
+            other => other,
+        }
+    })
+    .await;
     let (info, cg, is_new) = match placed {
         Ok(Ok(p)) => p,
         Ok(Err(PlaceError::Refused(refusal))) => {

@@ -69,6 +69,11 @@ impl Peer {
     pub fn is_alive(&self) -> bool {
         pidfd_alive(&self.pidfd)
     }
+
+    /// A second handle on the pidfd (to check liveness after `self` is consumed).
+    pub fn pidfd_clone(&self) -> Option<OwnedFd> {
+        self.pidfd.try_clone().ok()
+    }
 }
 
 /// Why a caller is refused; sent back to it as the `reason`.
@@ -151,7 +156,8 @@ fn peer_pidfd(fd: i32, pid: i32) -> Result<OwnedFd, Refusal> {
     })
 }
 
-fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+/// Is the process behind `pidfd` still running (or a zombie, which still holds its pid)?
+pub fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: signal 0 only checks that the process exists; no memory is passed.
     let rc = unsafe {
         libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)

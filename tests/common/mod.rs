@@ -422,3 +422,35 @@ pub fn pids_in(dir: &Path) -> Vec<i32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// The real python executable (not a wrapper such as a pyenv shim), as /proc/<pid>/exe shows it.
+pub fn real_python() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+        .output()
+        .expect("python3");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Wait until `pid` holds a unix socket (it has connected to the agent).
+pub fn wait_connected(pid: u32) {
+    wait_for(Duration::from_secs(5), "launcher connected", || {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        fds.flatten()
+            .any(|e| std::fs::read_link(e.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false))
+            .then_some(())
+    });
+}
+
+pub fn freeze(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+}
+
+pub fn thaw(pid: u32) {
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}

@@ -1,0 +1,290 @@
+//! Hostile callers and faults: the caller gets no cgroup, nothing is half-placed, nothing
+//! leaks, and the agent keeps serving.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// python3 as the trusted launcher, so tests can script what the launcher does.
+fn python_agent() -> (Agent, PathBuf) {
+    let python = real_python();
+    let agent = Agent::start_with(AgentOptions { trust: vec![python.clone()], ..Default::default() });
+    (agent, python)
+}
+
+#[test]
+fn a_reused_pid_is_not_placed() {
+    if !privileged("a_reused_pid_is_not_placed") {
+        return;
+    }
+    let (mut agent, python) = python_agent();
+    // The trusted caller connects while the agent is frozen, then dies and is reaped; a new
+    // trusted process is made to take its pid (ns_last_pid) before the agent looks.
+    freeze(agent.pid());
+    let mut caller = Command::new(&python)
+        .args(["-c", "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntime.sleep(60)"])
+        .arg(&agent.socket)
+        .spawn()
+        .unwrap();
+    let pid = caller.id();
+    wait_connected(pid);
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let mut imposter = None;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = Command::new(&python).args(["-c", "import time; time.sleep(60)"]).spawn().unwrap();
+        if child.id() == pid {
+            imposter = Some(child);
+            break;
+        }
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut imposter = imposter.expect("could not reuse the caller's pid");
+    agent.started.push(imposter.id());
+    thaw(agent.pid());
+    wait_for(Duration::from_secs(5), "refusal counted", || {
+        (agent.scrape().one("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
+    });
+    assert!(agent.live_container_dirs().is_empty(), "the pid's new owner was placed");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(!own.contains(&agent.parent), "imposter moved: {own}");
+    imposter.kill().unwrap();
+    imposter.wait().unwrap();
+}
+
+#[test]
+fn a_caller_that_forks_and_exits_at_once_is_never_half_placed() {
+    if !privileged("a_caller_that_forks_and_exits_at_once_is_never_half_placed") {
+        return;
+    }
+    let (mut agent, python) = python_agent();
+    // Each caller forks a child that sleeps 2 s, connects, and exits at once: a race with the
+    // agent's check and placement. Whatever wins, a cgroup either holds the same processes in
+    // every hierarchy or does not exist.
+    let script = "import os,socket,sys,time\nif os.fork()==0:\n    time.sleep(2); os._exit(0)\n\
+                  s=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\nos._exit(0)";
+    for _ in 0..30 {
+        let mut c = Command::new(&python).args(["-c", script]).arg(&agent.socket).spawn().unwrap();
+        agent.started.push(c.id());
+        c.wait().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let names: std::collections::BTreeSet<String> = agent
+        .live_container_dirs()
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for name in &names {
+        let sets: Vec<Vec<i32>> = agent
+            .container_dirs(name)
+            .iter()
+            .map(|d| {
+                let mut p = pids_in(d);
+                p.sort();
+                p
+            })
+            .collect();
+        assert!(sets.windows(2).all(|w| w[0] == w[1]), "{name} half-placed: {sets:?}");
+    }
+    let m = agent.scrape();
+    let accepted = m.one("apptheus_connections_total", &[("result", "accepted")]).unwrap();
+    let refused = m.one("apptheus_connections_total", &[("result", "refused")]).unwrap();
+    let failed = m.one("apptheus_connections_total", &[("result", "failed")]).unwrap();
+    assert_eq!(accepted + refused + failed, 30.0);
+    assert_eq!(failed, 0.0, "{}", agent.log_text());
+    // When the orphans end, every cgroup goes.
+    wait_for(Duration::from_secs(10), "all cgroups removed", || agent.live_container_dirs().is_empty().then_some(()));
+}
+
+#[test]
+fn ten_thousand_idle_untrusted_connections_do_not_block_a_trusted_one() {
+    if !privileged("ten_thousand_idle_untrusted_connections_do_not_block_a_trusted_one") {
+        return;
+    }
+    let mut agent = Agent::start();
+    let fds_idle = fd_count(agent.pid());
+    // One untrusted process opens 10 000 connections and never reads or closes them.
+    let script = r#"
+import resource, socket, sys, select
+resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+socks = []
+for _ in range(10000):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    socks.append(s)
+print("connected", flush=True)
+sys.stdin.readline()
+closed = 0
+for s in socks:
+    s.settimeout(5)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    if b'"refused"' in data:
+        closed += 1
+print(closed, flush=True)
+"#;
+    let mut hog = Command::new("python3")
+        .args(["-c", script])
+        .arg(&agent.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent.started.push(hog.id());
+    let mut out = std::io::BufReader::new(hog.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    // A trusted launcher is still placed promptly.
+    let start = Instant::now();
+    let mut launcher = agent.exec(&["true"]);
+    let status = launcher.wait().unwrap();
+    assert!(status.success(), "trusted launcher failed: {status}");
+    assert!(start.elapsed() < Duration::from_secs(10), "placement took {:?}", start.elapsed());
+    // Refused connections are closed, not kept: the agent's descriptors stay near idle.
+    let fds_now = fd_count(agent.pid());
+    assert!(fds_now < fds_idle + 64, "agent holds {fds_now} fds (idle {fds_idle})");
+    std::io::Write::write_all(hog.stdin.as_mut().unwrap(), b"\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "10000", "connections refused and closed");
+    hog.wait().unwrap();
+    let m = agent.scrape();
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused")]), Some(10000.0));
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "accepted")]), Some(1.0));
+    let rss = m.one("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss < 64.0 * 1024.0 * 1024.0, "agent RSS {rss}");
+}
+
+#[test]
+fn a_cgroup_removed_by_someone_else_ends_only_that_container() {
+    if !privileged("a_cgroup_removed_by_someone_else_ends_only_that_container") {
+        return;
+    }
+    let mut agent = Agent::start();
+    let mut victim = agent.exec(&["sleep", "30"]);
+    let survivor = agent.exec(&["sleep", "30"]);
+    let (victim_id, survivor_id) = (id_of(&victim), id_of(&survivor));
+    wait_for(Duration::from_secs(10), "both placed", || {
+        let m = agent.scrape();
+        (m.one("container_last_seen", &[("name", &victim_id)]).is_some()
+            && m.one("container_last_seen", &[("name", &survivor_id)]).is_some())
+        .then_some(())
+    });
+    // Someone else kills the victim's processes and removes its cgroup behind the agent's back.
+    let dirs = agent.container_dirs(&victim_id);
+    for pid in pids_in(&dirs[0]) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    victim.wait().unwrap();
+    for d in &dirs {
+        for _ in 0..100 {
+            if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let seen = agent.scrape().one("container_last_seen", &[("name", &survivor_id)]).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let m = agent.scrape();
+    assert!(m.one("container_last_seen", &[("name", &survivor_id)]).unwrap() > seen, "survivor no longer sampled");
+    assert_eq!(m.one("apptheus_containers", &[]), Some(1.0));
+    assert!(agent.child.as_mut().unwrap().try_wait().unwrap().is_none(), "agent died");
+}
+
+#[test]
+fn a_half_made_placement_is_completed_on_restart() {
+    if !privileged("a_half_made_placement_is_completed_on_restart") {
+        return;
+    }
+    let mut agent = Agent::start();
+    // What an agent killed between two hierarchies leaves: the cgroup in some hierarchies only,
+    // the caller moved into one of them.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    agent.started.push(sleeper.id());
+    let name = format!("sleep_{}", sleeper.id());
+    let dirs = agent.container_dirs(&name);
+    std::fs::create_dir(&dirs[0]).unwrap();
+    std::fs::write(dirs[0].join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    agent.kill9_and_restart();
+    for d in &dirs {
+        assert_eq!(pids_in(d), vec![sleeper.id() as i32], "{} not completed", d.display());
+    }
+    let m = agent.scrape();
+    assert!(m.one("container_start_time_seconds", &[("name", &name), ("pid", &sleeper.id().to_string())]).is_some());
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    wait_for(Duration::from_secs(10), "cgroups removed", || agent.live_container_dirs().is_empty().then_some(()));
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir.path()).status().unwrap();
+        assert!(ok.success(), "mount tmpfs {options}");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+fn persistence_failure_is_counted_and_serving_goes_on(fs: &Tmpfs) {
+    let file = fs.0.path().join("store.json");
+    let mut agent = Agent::start_with(AgentOptions {
+        extra: vec![format!("--persistence.file={}", file.display()), "--persistence.interval=100ms".into()],
+        ..Default::default()
+    });
+    let mut launcher = agent.exec(&["sleep", "5"]);
+    let id = id_of(&launcher);
+    wait_for(Duration::from_secs(10), "errors counted while the container is served", || {
+        let m = agent.scrape();
+        let errors = m.one("apptheus_persistence_errors_total", &[])?;
+        (errors >= 2.0 && m.one("container_last_seen", &[("name", &id)]).is_some()).then_some(())
+    });
+    assert!(agent.log_text().contains("cannot write the persistence file"));
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+}
+
+#[test]
+fn a_read_only_persistence_directory_is_an_error_metric_not_an_outage() {
+    if !privileged("a_read_only_persistence_directory_is_an_error_metric_not_an_outage") {
+        return;
+    }
+    let fs = Tmpfs::mount("ro,size=1m");
+    persistence_failure_is_counted_and_serving_goes_on(&fs);
+}
+
+#[test]
+fn a_full_persistence_directory_is_an_error_metric_not_an_outage() {
+    if !privileged("a_full_persistence_directory_is_an_error_metric_not_an_outage") {
+        return;
+    }
+    let fs = Tmpfs::mount("size=64k");
+    // Fill it up.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", fs.0.path().join("filler").display()), "bs=4k", "count=64"])
+        .stderr(Stdio::null())
+        .status();
+    persistence_failure_is_counted_and_serving_goes_on(&fs);
+}
