@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -141,19 +141,13 @@ fn a_caller_that_exits_before_the_check_is_refused() {
     }
     let mut agent = Agent::start();
     // Freeze the agent so that the launcher connects, then dies, before the agent looks at it.
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
+    freeze(agent.pid());
     let mut launcher = agent.exec(&["sleep", "30"]);
-    wait_for(Duration::from_secs(5), "launcher connected", || {
-        let fd_dir = format!("/proc/{}/fd", launcher.id());
-        let sockets = std::fs::read_dir(fd_dir).ok()?.flatten().filter(|e| {
-            std::fs::read_link(e.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false)
-        });
-        (sockets.count() > 0).then_some(())
-    });
+    wait_connected(launcher.id());
     std::thread::sleep(Duration::from_millis(100));
     launcher.kill().unwrap();
     launcher.wait().unwrap();
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    thaw(agent.pid());
     wait_for(Duration::from_secs(5), "refusal counted", || {
         (agent.scrape().one("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
     });
@@ -502,16 +496,11 @@ fn refused_after_binary_change(change: impl FnOnce(&Path)) {
     let launcher_path = dir.path().join("launcher");
     std::fs::copy(BIN, &launcher_path).unwrap();
     let mut agent = Agent::start_with(AgentOptions { trust: vec![launcher_path.clone()], ..Default::default() });
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) };
-    let mut launcher = agent.exec_with(&launcher_path, &["sleep", "30"]);
-    wait_for(Duration::from_secs(5), "launcher connected", || {
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", launcher.id())).ok()?;
-        fds.flatten()
-            .any(|e| std::fs::read_link(e.path()).map(|l| l.to_string_lossy().starts_with("socket:")).unwrap_or(false))
-            .then_some(())
-    });
+    freeze(agent.pid());
+    let launcher = agent.exec_with(&launcher_path, &["sleep", "30"]);
+    wait_connected(launcher.id());
     change(&launcher_path);
-    unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) };
+    thaw(agent.pid());
     let out = launcher.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);

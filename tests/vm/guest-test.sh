@@ -55,8 +55,8 @@ has_words() { # has_words "LIST" WORDS...: every word is in LIST
 }
 
 # --- metrics ----------------------------------------------------------------------------------
-# scrape PORT: fetch /metrics into $S/metrics
-scrape() { wget -q -T 5 -O "$S/metrics" "http://127.0.0.1:$1/metrics"; }
+# scrape PORT: fetch /metrics into $S/metrics (busybox 1.35's `wget -T` segfaults: use timeout)
+scrape() { timeout 10 wget -q -O "$S/metrics" "http://127.0.0.1:$1/metrics" 2>/dev/null; }
 # value METRIC [SUBSTRING...]: sum of the samples of METRIC whose line contains every SUBSTRING;
 # "none" if there is no such sample
 value() {
@@ -96,7 +96,8 @@ start_agent() {
     --monitor.interval=$INTERVAL --web.listen-address=127.0.0.1:"$port" --web.telemetry-path=/metrics \
     --cgroup.parent="$parent" --log.level=debug > "$S/agent-$name.log" 2>&1 &
   AGENT_PID=$!
-  if wait_until 60 scrape "$port"; then
+  wait_until 60 eval 'scrape "$port" || dead "$AGENT_PID"'
+  if scrape "$port"; then
     pass "$name: agent serves /metrics on 127.0.0.1:$port"
   else
     fail "$name: agent serves /metrics on 127.0.0.1:$port" "$(alive $AGENT_PID && echo 'no answer' || echo 'agent exited')"
@@ -104,16 +105,15 @@ start_agent() {
   fi
 }
 stop_agent() {
-  local name=$1
+  local name=$1 failed_before=$2
   [ -n "$AGENT_PID" ] || return 0
   kill -TERM "$AGENT_PID" 2>/dev/null
   check "$name: agent exits on SIGTERM" "still running after 10 s" wait_until 10 dead "$AGENT_PID"
   kill -KILL "$AGENT_PID" 2>/dev/null
   wait "$AGENT_PID" 2>/dev/null
-  if [ "$VERBOSE" = 1 ] || [ $FAILED -gt 0 ]; then
-    echo "----- agent log ($name, last 60 lines) -----" >&2
-    tail -n 60 "$S/agent-$name.log" >&2
-    echo "-----" >&2
+  if [ "$VERBOSE" = 1 ] || [ $FAILED -gt "$failed_before" ]; then
+    note "agent log ($name, last 80 lines):"
+    tail -n 80 "$S/agent-$name.log" | sed 's/^/#   /'
   fi
   AGENT_PID=
 }
@@ -126,9 +126,9 @@ start_container() {
     > "$S/$name.out" 2> "$S/$name.err" &
   LAUNCHER=$!
   eval "LAUNCHER_$name=$LAUNCHER"
-  wait_until 20 grep -q "^apptheus exec: container " "$S/$name.err" \
+  wait_until 20 grep -qs "^apptheus exec: container " "$S/$name.err" \
     || wait_until 1 dead "$LAUNCHER"
-  line=$(grep "^apptheus exec: container " "$S/$name.err" | head -n 1)
+  line=$(grep -s "^apptheus exec: container " "$S/$name.err" | head -n 1)
   ID=$(echo "$line" | awk '{ print $4 }')
   CGROUP=$(echo "$line" | awk '{ print $7 }')
   check "$name: the agent acknowledges the launcher" "$(head -c 300 "$S/$name.err")" [ -n "$ID" ]
@@ -147,8 +147,17 @@ cleanup() {
 trap cleanup EXIT
 
 # --- shared checks ----------------------------------------------------------------------------
+# check_parent PHASE PARENT_DIR: the parent delegates the controllers and holds no process
+check_parent() {
+  local phase=$1 parent=$2 got
+  got=$(cat "$parent/cgroup.subtree_control" 2>/dev/null)
+  check "$phase: $CONTROLLERS enabled in ${parent#$CG}/cgroup.subtree_control" "'$got'" has_words "$got" $CONTROLLERS
+  got=$(nprocs "$parent")
+  check "$phase: no process in ${parent#$CG} itself (no-internal-process rule)" "$got processes" [ "$got" = 0 ]
+}
+
 # check_placement PHASE PARENT_DIR ID PID...: the container's cgroup is PARENT_DIR/ID, holds the
-# given processes, and has the controllers; the parent holds no process and delegates them
+# given processes, and has the controllers
 check_placement() {
   local phase=$1 parent=$2 id=$3 dir rel p got; shift 3
   dir=$parent/$id
@@ -158,12 +167,8 @@ check_placement() {
     got=$(cut -d: -f3 "/proc/$p/cgroup" 2>/dev/null)
     check "$phase: process $p is in $rel" "$got" [ "$got" = "$rel" ]
   done
-  got=$(cat "$parent/cgroup.subtree_control" 2>/dev/null)
-  check "$phase: $CONTROLLERS enabled in ${parent#$CG}/cgroup.subtree_control" "'$got'" has_words "$got" $CONTROLLERS
   got=$(cat "$dir/cgroup.controllers" 2>/dev/null)
   check "$phase: $CONTROLLERS available in the container cgroup" "'$got'" has_words "$got" $CONTROLLERS
-  got=$(nprocs "$parent")
-  check "$phase: no process in ${parent#$CG} itself (no-internal-process rule)" "$got processes" [ "$got" = 0 ]
 }
 
 # check_basic_metrics PHASE ID DIR LAUNCHER: labels, cpu, memory, processes, block writes
@@ -242,8 +247,18 @@ release_busy() {
 }
 
 # ============================================================================================
+note "the guest: $(uname -r), $(nproc) CPUs"
+got=$(awk '$3 == "cgroup" || $3 == "cgroup2" { print $3 " " $2 }' /proc/mounts | tr '\n' ' ')
+check "pure cgroup v2: only cgroup2, at /sys/fs/cgroup" "$got" [ "$got" = "cgroup2 /sys/fs/cgroup " ]
+got=$(cat "$CG/cgroup.subtree_control")
+check "$CONTROLLERS enabled at the root" "'$got'" has_words "$got" $CONTROLLERS
+check "the kernel has BTF (/sys/kernel/btf/vmlinux)" "missing" [ -e /sys/kernel/btf/vmlinux ]
+check "/dev/ram0 exists (brd)" "missing" [ -b /dev/ram0 ]
+
+# ============================================================================================
 note "phase 1: absolute --cgroup.parent=/metric_gateway"
 P1=$CG/metric_gateway
+F0=$FAILED
 if start_agent phase1 9091 /metric_gateway; then
   mkfifo "$S/release"
   rm -f "$S/ready"
@@ -253,6 +268,7 @@ if start_agent phase1 9091 /metric_gateway; then
   IDLE=$ID IDLE_LAUNCHER=$LAUNCHER
   wait_busy busy "$P1/$BUSY"
 
+  check_parent phase1 "$P1"
   check_placement phase1 "$P1" "$BUSY" "$BUSY_LAUNCHER"
   check_placement phase1 "$P1" "$IDLE" "$IDLE_LAUNCHER"
   IDLE_SLEEP=$(grep -v "^$IDLE_LAUNCHER\$" "$P1/$IDLE/cgroup.procs" 2>/dev/null | head -n 1)
@@ -262,6 +278,7 @@ if start_agent phase1 9091 /metric_gateway; then
   got=$(value apptheus_containers)
   check "phase1: apptheus_containers is 2" "$got" eq "$got" 2
   check_basic_metrics phase1 "$BUSY" "$P1/$BUSY" "$BUSY_LAUNCHER"
+  BUSY_CPU=$(value container_cpu_usage_seconds_total "name=\"$BUSY\"" 'cpu="total"')
   check_pressure phase1 "$BUSY" "$P1/$BUSY"
   check_ebpf phase1 "$BUSY" "$IDLE"
   got=$(value container_memory_usage_bytes "name=\"$IDLE\""); busy_mem=$(value container_memory_usage_bytes "name=\"$BUSY\"")
@@ -284,8 +301,10 @@ if start_agent phase1 9091 /metric_gateway; then
   scrape 9091 || fail "phase1: scrape /metrics" "wget failed"
   got=$(value apptheus_containers)
   check "phase1: apptheus_containers is 0 at the end" "$got" eq "$got" 0
-  got=$(value container_memory_usage_bytes "name=\"$BUSY\"")
-  check "phase1: the removed container's series are gone" "$got" [ "$got" = none ]
+  # an ended container's series may stay a while, frozen: a counter must not go backwards
+  got=$(value container_cpu_usage_seconds_total "name=\"$BUSY\"" 'cpu="total"')
+  check "phase1: the ended container's cpu counter, if still exported, did not go backwards" "$got" \
+    eval '[ "$got" = none ] || ge "$got" "$BUSY_CPU"'
 
   # exit status and trust
   start_container status sh -c 'exit 7'
@@ -295,10 +314,12 @@ if start_agent phase1 9091 /metric_gateway; then
   /tmp/untrusted/apptheus exec --socket.path=/run/apptheus/gateway.sock -- true > "$S/untrusted.out" 2>&1
   got=$?
   check "phase1: an untrusted launcher is refused (exit 125)" "$got: $(head -c 200 "$S/untrusted.out")" [ "$got" = 125 ]
-  got=$(ls "$P1" 2>/dev/null | grep -c '^apptheus_')
-  check "phase1: no container cgroup left in /metric_gateway" "$got" [ "$got" = 0 ]
+  no_containers_left() { ! ls "$P1" 2>/dev/null | grep -q '^apptheus_'; }
+  wait_until 10 no_containers_left
+  got=$(ls "$P1" 2>/dev/null | grep '^apptheus_' | tr '\n' ' ')
+  check "phase1: no container cgroup left in /metric_gateway" "$got" [ -z "$got" ]
 fi
-stop_agent phase1
+stop_agent phase1 "$F0"
 
 # ============================================================================================
 note "phase 2: systemd layout, relative --cgroup.parent=containers below a delegated apptheus.service"
@@ -309,6 +330,7 @@ P2=$SERVICE/containers
 # the main process started inside it, nothing enabled below
 mkdir -p "$SERVICE"
 echo "+cpu +io +memory +pids" > "$SLICE/cgroup.subtree_control"
+F0=$FAILED
 enter_service() { exec sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$SERVICE" "$@"; }
 if start_agent phase2 9092 containers enter_service; then
   got=$(cut -d: -f3 "/proc/$AGENT_PID/cgroup")
@@ -323,6 +345,7 @@ if start_agent phase2 9092 containers enter_service; then
   start_container busy2 sh /tests/vm/busy-workload.sh "$S" 5556
   BUSY=$ID BUSY_LAUNCHER=$LAUNCHER
   wait_busy busy2 "$P2/$BUSY"
+  check_parent phase2 "$P2"
   check_placement phase2 "$P2" "$BUSY" "$BUSY_LAUNCHER"
   scrape 9092 || fail "phase2: scrape /metrics" "wget failed"
   got=$(value apptheus_containers)
@@ -333,7 +356,7 @@ if start_agent phase2 9092 containers enter_service; then
   check "phase2: launcher exits with the workload's status 0" "$got" [ "$got" = 0 ]
   check "phase2: container cgroup removed" "still there after 10 s" wait_until 10 gone "$P2/$BUSY"
 fi
-stop_agent phase2
+stop_agent phase2 "$F0"
 
 echo "# guest-test: $PASSED passed, $FAILED failed"
 [ $FAILED = 0 ]

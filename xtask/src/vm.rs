@@ -19,7 +19,7 @@ mod report;
 
 use packages::Unavailable;
 use qemu::Accel;
-use report::{Console, Tally};
+use report::{Console, Failure, Tally};
 
 /// Exit status for "prerequisites unavailable here" (the automake convention for a skipped test).
 pub const SKIP_EXIT: i32 = 77;
@@ -67,7 +67,13 @@ fn vm_test(args: VmArgs) -> Result<()> {
     let workspace = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { workspace.join(t) })
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
         .unwrap_or_else(|| workspace.join("target"));
     let cache = target.join("vm-cache");
 
@@ -88,13 +94,23 @@ fn vm_test(args: VmArgs) -> Result<()> {
     let token = format!(
         "{:x}{:x}",
         std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
     );
     let is_test = args.command.is_empty();
     let command = if is_test {
         format!("exec sh {}/guest-test.sh", initramfs::GUEST_TESTS)
     } else {
-        format!("exec {}", args.command.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" "))
+        format!(
+            "exec {}",
+            args.command
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
     };
     let initrd = work.join("initramfs.cpio");
     initramfs::build(
@@ -126,14 +142,22 @@ fn vm_test(args: VmArgs) -> Result<()> {
         machine.memory_mib,
         machine.cpus,
         fs::metadata(&initrd).map(|m| m.len() / 1024).unwrap_or(0),
-        agent.as_deref().map_or_else(|| "none".to_string(), |a| a.display().to_string()),
+        agent
+            .as_deref()
+            .map_or_else(|| "none".to_string(), |a| a.display().to_string()),
     );
     if kernel.brd_module.is_none() {
-        eprintln!("vm-test: warning: the kernel package has no brd module: no /dev/ram0 in the guest");
+        eprintln!(
+            "vm-test: warning: the kernel package has no brd module: no /dev/ram0 in the guest"
+        );
     }
 
     let console_log = work.join("console.log");
-    let console = Arc::new(Mutex::new(Console::new(&token, &console_log, args.verbose)?));
+    let console = Arc::new(Mutex::new(Console::new(
+        &token,
+        &console_log,
+        args.verbose,
+    )?));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let ports = qemu::Ports {
         console: report::console_sink(console.clone()),
@@ -145,21 +169,28 @@ fn vm_test(args: VmArgs) -> Result<()> {
 
     let console = console.lock().unwrap_or_else(PoisonError::into_inner);
     let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-    let verdict = judge(&outcome, &console, &tally, is_test, args.timeout);
-    if verdict.is_err() && !args.verbose {
-        eprint!("vm-test: last console lines ({}):\n{}", console_log.display(), console.tail());
+    let failure = report::judge(&outcome, &console, &tally, is_test, args.timeout);
+    if let Some(Failure { vm: true, .. }) = &failure {
+        if !args.verbose {
+            eprint!(
+                "vm-test: last console lines ({}):\n{}",
+                console_log.display(),
+                console.tail()
+            );
+        }
     }
     if let Some((started, uptime)) = console.started {
-        let boot = started.duration_since(launched);
-        let guest = console.exited.map(|(_, end)| format!("{:.1}s", end - uptime));
+        let guest = console
+            .exited
+            .map(|(_, end)| format!("{:.1}s", end - uptime));
         eprintln!(
             "vm-test: boot {:.1}s (guest uptime {uptime:.1}s), guest command {}, total {:.1}s",
-            boot.as_secs_f64(),
+            started.duration_since(launched).as_secs_f64(),
             guest.as_deref().unwrap_or("unfinished"),
             outcome.elapsed.as_secs_f64()
         );
     }
-    if args.keep || verdict.is_err() {
+    if args.keep || failure.is_some() {
         eprintln!("vm-test: work directory kept: {}", work.display());
     } else {
         let _ = fs::remove_dir_all(&work);
@@ -167,43 +198,10 @@ fn vm_test(args: VmArgs) -> Result<()> {
     if is_test {
         println!("vm-test: {} passed, {} failed", tally.passed, tally.failed);
     }
-    verdict
-}
-
-/// Why the run failed, if it did.
-fn judge(outcome: &qemu::Outcome, console: &Console, tally: &Tally, is_test: bool, timeout: u64) -> Result<()> {
-    let qemu_said = || match outcome.qemu_stderr.trim() {
-        "" => String::new(),
-        s => format!("; qemu: {s}"),
-    };
-    if console.started.is_none() {
-        match outcome.status {
-            None => bail!("the VM did not start its command within {timeout}s{}", qemu_said()),
-            Some(status) => bail!("the VM did not start its command (qemu {status}){}", qemu_said()),
-        }
+    match failure {
+        Some(f) => bail!(f.reason),
+        None => Ok(()),
     }
-    let Some((code, _)) = console.exited else {
-        match outcome.status {
-            None => bail!("timed out after {timeout}s while the guest command was running"),
-            Some(status) => bail!("the guest stopped before its command finished (qemu {status}){}", qemu_said()),
-        }
-    };
-    if !is_test {
-        if code != 0 {
-            bail!("the guest command exited with status {code}");
-        }
-        return Ok(());
-    }
-    if tally.failed > 0 {
-        bail!("{} of {} guest checks failed", tally.failed, tally.failed + tally.passed);
-    }
-    if code != 0 {
-        bail!("the guest test exited with status {code}");
-    }
-    if tally.passed == 0 {
-        bail!("the guest test ran no checks");
-    }
-    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -45,11 +45,23 @@ impl Archive {
 
     /// A file whose contents are read from `host` when the archive is written.
     pub fn host_file(&mut self, path: &str, mode: u32, host: &Path) {
-        self.insert(path, Entry::File { mode, data: Data::Host(host.to_path_buf()) });
+        self.insert(
+            path,
+            Entry::File {
+                mode,
+                data: Data::Host(host.to_path_buf()),
+            },
+        );
     }
 
     pub fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) {
-        self.insert(path, Entry::File { mode, data: Data::Bytes(data.into()) });
+        self.insert(
+            path,
+            Entry::File {
+                mode,
+                data: Data::Bytes(data.into()),
+            },
+        );
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
@@ -74,7 +86,9 @@ impl Archive {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             end += i;
-            self.entries.entry(path[..end].to_string()).or_insert(Entry::Dir);
+            self.entries
+                .entry(path[..end].to_string())
+                .or_insert(Entry::Dir);
             end += 1;
         }
     }

@@ -6,7 +6,9 @@
 # stdout on ttyS1 and stderr on ttyS2 (through FIFOs, so the command sees pipes, not ttys), reports
 # the exit status on the console (ttyS0) and powers off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+set -a  # the command sees APPTHEUS and VERBOSE
 . /etc/vm-test.conf
+set +a
 
 log() { echo "init: $*" > /dev/console; }
 

@@ -30,16 +30,35 @@ pub struct Spec<'a> {
 
 pub fn build(spec: &Spec, out: &Path) -> Result<()> {
     let mut a = Archive::default();
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "root", "lib/modules"] {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "root",
+        "lib/modules",
+    ] {
         a.dir(dir);
     }
     a.file("tmp/.keep", 0o644, Vec::new());
     // The kernel opens /dev/console for init before anything is mounted.
     a.char_dev("dev/console", 5, 1);
     a.char_dev("dev/null", 1, 3);
-    a.file("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
+    a.file(
+        "etc/passwd",
+        0o644,
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
     a.file("etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n");
-    a.file("etc/hosts", 0o644, "127.0.0.1 localhost vm\n::1 localhost\n");
+    a.file(
+        "etc/hosts",
+        0o644,
+        "127.0.0.1 localhost vm\n::1 localhost\n",
+    );
 
     add_busybox(&mut a, spec.busybox)?;
     if let Some(agent) = spec.agent {
@@ -57,7 +76,9 @@ pub fn build(spec: &Spec, out: &Path) -> Result<()> {
         0o644,
         format!(
             "TOKEN={}\nRAMDISK_MB={}\nVERBOSE={}\nAPPTHEUS={GUEST_AGENT}\n",
-            spec.token, spec.ramdisk_mib, u8::from(spec.verbose)
+            spec.token,
+            spec.ramdisk_mib,
+            u8::from(spec.verbose)
         ),
     );
     a.file("etc/vm-test.cmd", 0o644, format!("{}\n", spec.command));
@@ -131,9 +152,14 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 fn add_tests(a: &mut Archive, dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries {
-        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
         if path.extension().is_some_and(|e| e == "sh") {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             a.host_file(&format!("{GUEST_TESTS}/{name}"), 0o755, &path);
         }
     }
@@ -158,7 +184,11 @@ fn decompress_module(module: &Path, busybox: &Path) -> Result<Vec<u8>> {
         .output()
         .with_context(|| format!("decompressing {}", module.display()))?;
     if !out.status.success() || out.stdout.is_empty() {
-        bail!("decompressing {} failed: {}", module.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "decompressing {} failed: {}",
+            module.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out.stdout)
 }

@@ -46,7 +46,10 @@ pub fn ensure_qemu() -> Result<PathBuf> {
         .into());
     }
     if find_in_path("apt-get").is_none() {
-        return Err(Unavailable(format!("{QEMU_BINARY} is not installed and there is no apt-get")).into());
+        return Err(Unavailable(format!(
+            "{QEMU_BINARY} is not installed and there is no apt-get"
+        ))
+        .into());
     }
     eprintln!("vm-test: installing {QEMU_PACKAGE} (apt-get)");
     let install = || {
@@ -67,16 +70,27 @@ pub fn ensure_qemu() -> Result<PathBuf> {
 
 /// The current Debian cloud kernel, unpacked in the cache.
 pub fn kernel(cache: &Path) -> Result<Kernel> {
-    let root = unpacked(cache, KERNEL_PACKAGE, Resolve::ThroughDependency("linux-image-"))?;
+    let root = unpacked(
+        cache,
+        KERNEL_PACKAGE,
+        Resolve::ThroughDependency("linux-image-"),
+    )?;
     let vmlinuz = single_entry(&root.join("boot"), "vmlinuz-")?;
     let name = file_name(&vmlinuz);
     let version = name.trim_start_matches("vmlinuz-").to_string();
-    let drivers = root.join("lib/modules").join(&version).join("kernel/drivers/block");
+    let drivers = root
+        .join("lib/modules")
+        .join(&version)
+        .join("kernel/drivers/block");
     let brd_module = ["brd.ko", "brd.ko.xz", "brd.ko.zst"]
         .iter()
         .map(|n| drivers.join(n))
         .find(|p| p.is_file());
-    Ok(Kernel { version, vmlinuz, brd_module })
+    Ok(Kernel {
+        version,
+        vmlinuz,
+        brd_module,
+    })
 }
 
 /// The statically linked busybox binary, unpacked in the cache.
@@ -103,7 +117,9 @@ fn unpacked(cache: &Path, package: &str, resolve: Resolve) -> Result<PathBuf> {
     let (name, version) = match candidate(package, &resolve) {
         Ok(found) => found,
         Err(e) => {
-            let dir = fs::read_to_string(&pointer).ok().map(|d| cache.join(d.trim()));
+            let dir = fs::read_to_string(&pointer)
+                .ok()
+                .map(|d| cache.join(d.trim()));
             match dir {
                 Some(dir) if dir.is_dir() => {
                     eprintln!("vm-test: {e:#}; using the cached {}", dir.display());
@@ -181,8 +197,13 @@ fn download(cache: &Path, name: &str, version: &str, dest: &Path) -> Result<()> 
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let result = (|| {
-        run_quiet(Command::new("apt-get").arg("download").arg(format!("{name}={version}")).current_dir(&tmp))
-            .map_err(|e| Unavailable(format!("cannot download {name} {version}: {e:#}")))?;
+        run_quiet(
+            Command::new("apt-get")
+                .arg("download")
+                .arg(format!("{name}={version}"))
+                .current_dir(&tmp),
+        )
+        .map_err(|e| Unavailable(format!("cannot download {name} {version}: {e:#}")))?;
         let deb = single_entry(&tmp, name)?;
         let root = tmp.join("root");
         run_quiet(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
@@ -230,12 +251,16 @@ fn single_entry(dir: &Path, prefix: &str) -> Result<PathBuf> {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Effective uid 0, from /proc/self/status (no libc needed).

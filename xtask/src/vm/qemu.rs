@@ -33,7 +33,11 @@ impl Accel {
                         .filter(|l| l.starts_with("flags"))
                         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
                 });
-                let kvm = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+                let kvm = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .is_ok();
                 if hw_virt && kvm {
                     Accel::Kvm
                 } else {
@@ -53,7 +57,8 @@ impl Accel {
 }
 
 /// Pure cgroup v2 (no v1 controller can be bound anywhere), PSI on, quiet console, no reboot loop.
-const KERNEL_ARGS: &str = "console=ttyS0 earlyprintk=serial,ttyS0 quiet loglevel=4 panic=-1 oops=panic \
+const KERNEL_ARGS: &str =
+    "console=ttyS0 earlyprintk=serial,ttyS0 quiet loglevel=4 panic=-1 oops=panic \
      cgroup_no_v1=all psi=1 rdinit=/init random.trust_cpu=on tsc=reliable no_timer_check \
      i8042.noaux i8042.nokbd mitigations=off";
 
@@ -95,7 +100,15 @@ pub fn run(machine: &Machine, ports: Ports, timeout: Duration) -> Result<Outcome
 
     let mut cmd = Command::new(machine.qemu);
     cmd.args(machine.accel.args())
-        .args(["-machine", "pc", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-machine",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-m")
         .arg(machine.memory_mib.to_string())
         .arg("-smp")
@@ -132,19 +145,26 @@ pub fn run(machine: &Machine, ports: Ports, timeout: Duration) -> Result<Outcome
     }
     let status = child.wait().context("waiting for qemu")?;
     let qemu_stderr = qemu_stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    let (relays, _) = result.map_err(|e| e.context(format!("qemu said: {}", qemu_stderr.trim())))?;
+    let (relays, _) =
+        result.map_err(|e| e.context(format!("qemu said: {}", qemu_stderr.trim())))?;
     // qemu is gone, so the sockets are closed and the relays finish with the last line.
     for r in relays {
         let _ = r.join();
     }
-    Ok(Outcome { status: (!timed_out).then_some(status), elapsed: start.elapsed(), qemu_stderr })
+    Ok(Outcome {
+        status: (!timed_out).then_some(status),
+        elapsed: start.elapsed(),
+        qemu_stderr,
+    })
 }
 
 fn listen(name: &str) -> Result<UnixListener> {
     let addr = SocketAddr::from_abstract_name(name.as_bytes())
         .with_context(|| format!("abstract socket name {name}"))?;
-    let l = UnixListener::bind_addr(&addr).with_context(|| format!("binding abstract socket @{name}"))?;
-    l.set_nonblocking(true).with_context(|| format!("@{name}: set non-blocking"))?;
+    let l = UnixListener::bind_addr(&addr)
+        .with_context(|| format!("binding abstract socket @{name}"))?;
+    l.set_nonblocking(true)
+        .with_context(|| format!("@{name}: set non-blocking"))?;
     Ok(l)
 }
 
@@ -161,7 +181,8 @@ fn relay(
         loop {
             match l.accept() {
                 Ok((s, _)) => {
-                    s.set_nonblocking(false).context("serial socket: set blocking")?;
+                    s.set_nonblocking(false)
+                        .context("serial socket: set blocking")?;
                     streams.push(s);
                     break;
                 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::qemu::Sink;
+use super::qemu::{Outcome, Sink};
 
 const TAIL_LINES: usize = 60;
 
@@ -51,13 +51,23 @@ impl Console {
         if let Some(rest) = after(line, &self.start_marker) {
             self.started = Some((Instant::now(), uptime(rest)));
         } else if let Some(rest) = after(line, &self.exit_marker) {
-            let code = rest.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(-1);
+            let code = rest
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(-1);
             self.exited = Some((code, uptime(rest)));
         }
     }
 
     pub fn tail(&self) -> String {
-        self.tail.iter().map(|l| format!("console| {l}\n")).collect()
+        if self.tail.is_empty() {
+            return "console| (nothing)\n".to_string();
+        }
+        self.tail
+            .iter()
+            .map(|l| format!("console| {l}\n"))
+            .collect()
     }
 }
 
@@ -74,7 +84,12 @@ fn uptime(text: &str) -> f64 {
 }
 
 pub fn console_sink(console: Arc<Mutex<Console>>) -> Sink {
-    Box::new(move |line| console.lock().unwrap_or_else(PoisonError::into_inner).line(line))
+    Box::new(move |line| {
+        console
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .line(line)
+    })
 }
 
 #[derive(Default)]
@@ -102,4 +117,66 @@ pub fn stdout_sink(tally: Arc<Mutex<Tally>>) -> Sink {
 
 pub fn stderr_sink() -> Sink {
     Box::new(|line| eprintln!("{line}"))
+}
+
+pub struct Failure {
+    pub reason: String,
+    /// The VM itself misbehaved (did not boot, crashed, timed out): the console tells why.
+    pub vm: bool,
+}
+
+/// Why the run failed, if it did.
+pub fn judge(
+    outcome: &Outcome,
+    console: &Console,
+    tally: &Tally,
+    is_test: bool,
+    timeout: u64,
+) -> Option<Failure> {
+    let vm = |reason: String| Some(Failure { reason, vm: true });
+    let test = |reason: String| Some(Failure { reason, vm: false });
+    let qemu_said = match outcome.qemu_stderr.trim() {
+        "" => String::new(),
+        s => format!("; qemu: {s}"),
+    };
+    if console.started.is_none() {
+        return match outcome.status {
+            None => vm(format!(
+                "the VM did not start its command within {timeout}s{qemu_said}"
+            )),
+            Some(status) => vm(format!(
+                "the VM did not start its command (qemu {status}){qemu_said}"
+            )),
+        };
+    }
+    let Some((code, _)) = console.exited else {
+        return match outcome.status {
+            None => vm(format!(
+                "timed out after {timeout}s while the guest command was running"
+            )),
+            Some(status) => vm(format!(
+                "the guest stopped before its command finished (qemu {status}){qemu_said}"
+            )),
+        };
+    };
+    if !is_test {
+        return (code != 0).then(|| Failure {
+            reason: format!("the guest command exited with status {code}"),
+            vm: false,
+        });
+    }
+    if tally.failed > 0 {
+        return test(format!(
+            "{} of {} guest checks failed",
+            tally.failed,
+            tally.failed + tally.passed
+        ));
+    }
+    if code != 0 {
+        return test(format!("the guest test exited with status {code}"));
+    }
+    if tally.passed == 0 {
+        return test("the guest test ran no checks".to_string());
+    }
+    None
 }
