@@ -371,7 +371,9 @@ fn http_paths_and_methods() {
     assert_eq!(status, 200);
     assert!(body.contains("# HELP apptheus_containers") && body.contains("# TYPE apptheus_containers gauge"));
     assert!(body.contains("process_resident_memory_bytes"));
-    assert_eq!(http_get(agent.port, "/").unwrap().0, 404);
+    let (status, landing) = http_get(agent.port, "/").unwrap();
+    assert_eq!(status, 200, "landing page");
+    assert!(landing.contains("/metrics"), "{landing}");
     assert_eq!(http_get(agent.port, "/metricsx").unwrap().0, 404);
     assert_eq!(http_request(agent.port, "POST", "/metrics", &[("Content-Length", "0")]).unwrap().0, 405);
     assert_eq!(http_request(agent.port, "HEAD", "/metrics", &[]).unwrap().0, 200);

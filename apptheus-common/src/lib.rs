@@ -31,6 +31,8 @@ pub struct CgroupCounters {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Sum of all run-queue waits in ns (the histogram's `_sum`).
+    pub runq_latency_sum_ns: u64,
     pub runq_latency_log2_ns: [u64; RUNQ_SLOTS],
 }
 
@@ -74,7 +76,11 @@ mod user {
 /// Histogram slot of a latency in nanoseconds: `floor(log2(ns))`, clamped to the last slot.
 #[inline(always)]
 pub fn runq_slot(ns: u64) -> usize {
-    let log2 = if ns == 0 { 0 } else { 63 - ns.leading_zeros() as usize };
+    let log2 = if ns == 0 {
+        0
+    } else {
+        63 - ns.leading_zeros() as usize
+    };
     if log2 < RUNQ_SLOTS {
         log2
     } else {

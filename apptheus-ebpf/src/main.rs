@@ -6,6 +6,9 @@
 //! of the container's cgroup v2 directory, i.e. what `bpf_get_current_cgroup_id()` returns.
 #![no_std]
 #![no_main]
+// Only for `core::intrinsics::atomic_xadd` (see maps::add); the build uses a pinned nightly.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod net;
@@ -14,7 +17,7 @@ mod process;
 mod sched;
 mod task;
 
-// The kernel only lets GPL-compatible programs use tp_btf and bpf_probe_read_kernel.
+// GPL-compatible, as the kernel demands of programs using its GPL-only tracing helpers.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,5 +1,5 @@
 //! Maps shared by all programs, and the counter helpers.
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use apptheus_common::{CgroupCounters, KernelOffsets, RunqStart, MAX_CGROUPS, MAX_QUEUED_TASKS};
 use aya_ebpf::{
@@ -52,9 +52,11 @@ pub fn counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
 
 /// Adds to one counter field. Atomic although per-CPU: programs in process context can be
 /// preempted by another run of the same program on this CPU, and cgroup_skb runs in softirq.
+/// The BPF target has no `AtomicU64::fetch_add` (no CAS), but the intrinsic with an unused
+/// result is the plain BPF atomic add that every BPF CPU version has.
 #[inline(always)]
 pub fn add(field: *mut u64, value: u64) {
     // SAFETY: `field` points into a map value, which is 8-byte aligned and lives as long as the
     // program runs.
-    unsafe { AtomicU64::from_ptr(field) }.fetch_add(value, Ordering::Relaxed);
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, value) };
 }

@@ -2,11 +2,7 @@
 //! each container's cgroup v2 directory. Counted for the socket's cgroup, so only sockets
 //! created inside a monitored cgroup itself count. `len` is the skb length from the network
 //! header on (IP headers included); a GSO skb counts once.
-use aya_ebpf::{
-    helpers::bpf_skb_cgroup_id,
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 
 use crate::maps::{add, counters, is_monitored};
 

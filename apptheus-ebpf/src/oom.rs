@@ -23,7 +23,10 @@ pub fn oom_mark_victim(ctx: BtfTracePointContext) -> i32 {
             add(unsafe { &raw mut (*c).oom_kills }, 1);
         }
         let tgid = task::tgid(victim).unwrap_or(0);
-        debug!(&ctx, "oom kill: victim tgid {} in cgroup {}", tgid, cgroup_id);
+        debug!(
+            &ctx,
+            "oom kill: victim tgid {} in cgroup {}", tgid, cgroup_id
+        );
     }
     0
 }

@@ -52,3 +52,18 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     }
     0
 }
+
+/// The same hook on kernels whose `sched_process_exit(task_struct *p)` has no `group_dead`
+/// (before 6.10): the thread-group leader's exit is counted instead. Every process has exactly
+/// one leader, so each process is still counted once; only a leader that exits before its other
+/// threads is counted early. The agent loads this one when the kernel rejects the other.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_leader(ctx: BtfTracePointContext) -> i32 {
+    let p: u64 = ctx.arg(0);
+    let _ = RUNQ_START.remove(p);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
+        count(|c| unsafe { &raw mut (*c).exits });
+    }
+    0
+}

@@ -19,7 +19,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
     let prev_state: u32 = ctx.arg(3);
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read only where needed: most switches are of unwatched tasks.
+    let mut now = 0;
 
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if is_monitored(cgroup_id) {
@@ -37,7 +38,11 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         }
         if !voluntary {
             // Still runnable: its run-queue wait starts now.
-            let start = RunqStart { ts_ns: now, cgroup_id };
+            now = unsafe { bpf_ktime_get_ns() };
+            let start = RunqStart {
+                ts_ns: now,
+                cgroup_id,
+            };
             let _ = RUNQ_START.insert(prev, start, 0);
         }
     }
@@ -47,8 +52,15 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         let start = unsafe { *start };
         let _ = RUNQ_START.remove(next);
         if let Some(c) = counters(start.cgroup_id) {
-            let slot = runq_slot(now.saturating_sub(start.ts_ns)) & (RUNQ_SLOTS - 1);
-            unsafe { add(&raw mut (*c).runq_latency_log2_ns[slot], 1) };
+            if now == 0 {
+                now = unsafe { bpf_ktime_get_ns() };
+            }
+            let waited = now.saturating_sub(start.ts_ns);
+            let slot = runq_slot(waited) & (RUNQ_SLOTS - 1);
+            unsafe {
+                add(&raw mut (*c).runq_latency_log2_ns[slot], 1);
+                add(&raw mut (*c).runq_latency_sum_ns, waited);
+            }
         }
     }
     0
@@ -73,7 +85,10 @@ fn runq_enter(p: *const u8) {
         return;
     };
     if is_monitored(cgroup_id) {
-        let start = RunqStart { ts_ns: unsafe { bpf_ktime_get_ns() }, cgroup_id };
+        let start = RunqStart {
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            cgroup_id,
+        };
         let _ = RUNQ_START.insert(p as u64, start, 0);
     }
 }

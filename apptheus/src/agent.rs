@@ -1,7 +1,7 @@
 //! The daemon: start-up checks, wiring of socket, sampler and HTTP server, and shutdown.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cgroup::{self, Collector, Layout};
 use crate::cli::{split_trust_paths, AgentArgs};
 use crate::duration::format_duration;
+use crate::ebpf::{Ebpf, EbpfOptions};
 use crate::gateway::Socket;
 use crate::{persistence, recovery};
 use crate::store::Store;
@@ -28,7 +29,16 @@ pub struct Agent {
     pub retention: Duration,
     /// Launcher environment variables exported as labels.
     pub env_labels: Vec<String>,
+    /// The eBPF programs and maps (possibly not loaded: `up()` says).
+    pub ebpf: Mutex<Ebpf>,
     pub shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// The eBPF state; a panic elsewhere while holding the lock leaves it usable.
+    pub fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Run until SIGINT or SIGTERM. Every start-up error is returned before anything is created
@@ -38,7 +48,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     raise_fd_limit();
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;
-    let web = crate::http::bind(&args.web_listen_address).await?;
+    let web = crate::http::bind(&args).await?;
     let socket = Socket::bind(&args.socket_path)?;
     cgroup::prepare_parent(&layout).context("preparing --cgroup.parent")?;
     if trusted.is_empty() {
@@ -58,8 +68,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let adopted: Vec<String> = recovered.adopted.iter().map(|(id, _)| id.clone()).collect();
     store.end_all_except(&adopted, SystemTime::now());
 
+    let ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable });
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
+    telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs());
     let agent = Arc::new(Agent {
         collectors: cgroup::collectors_for(&layout),
         layout,
@@ -69,6 +81,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         trusted,
         retention: args.metrics_retention,
         env_labels: crate::environ::wanted_vars(&args.metrics_env_labels),
+        ebpf: Mutex::new(ebpf),
         shutdown: CancellationToken::new(),
     });
     for (id, cg) in recovered.adopted {
@@ -83,11 +96,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         socket = %args.socket_path.display(),
         web = %args.web_listen_address,
         interval = %format_duration(args.monitor_interval),
+        ebpf = agent.ebpf().up(),
         trusted = ?agent.trusted.paths(),
         "apptheus started"
     );
 
-    let http = tokio::spawn(crate::http::serve(web, agent.clone(), args.web_telemetry_path.clone()));
+    let http = tokio::spawn(crate::http::serve(web, agent.clone()));
     let accept = {
         let agent = agent.clone();
         tokio::spawn(async move {

@@ -74,6 +74,20 @@ pub struct AgentArgs {
     pub web_route_prefix: String,
 
     // (web.* flags for request limits go here)
+    /// Most scrapes of the metrics path served at once; more get 503 at once. 0 = no limit.
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub web_max_requests: usize,
+
+    /// Time allowed to receive a request's headers (and TLS handshake) and to answer it (503
+    /// after it); idle keep-alive connections are closed after it too.
+    #[arg(long = "web.request-timeout", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_positive_duration)]
+    pub web_request_timeout: Duration,
+
+    /// Most HTTP connections open at once; further ones wait in the listen backlog.
+    #[arg(long = "web.max-connections", value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub web_max_connections: u32,
 
     /// How long a finished container's final sample stays exported. 0s: drop it at once (Go Apptheus behaviour).
     #[arg(long = "metrics.retention", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]

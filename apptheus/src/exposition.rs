@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::cgroup::Sample;
+use crate::ebpf::{EbpfCounters, RUNQ_LATENCY_SLOTS};
 use crate::kernfs::{Limit, Pressure};
 use crate::store::{Entry, Store};
 
@@ -65,6 +66,16 @@ families! {
     IoStalled = ("container_pressure_io_stalled_seconds_total", COUNTER, &[], "Total time duration no tasks in the container could make progress due to IO congestion.");
     StartTime = ("container_start_time_seconds", GAUGE, &[], "Start time of the container since unix epoch in seconds.");
     LastSeen = ("container_last_seen", GAUGE, &[], "Last time a container was seen by the exporter (unix seconds).");
+    ContextSwitches = ("container_context_switches_total", COUNTER, &["kind"], "Context switches of the container's tasks (eBPF), voluntary (the task blocked) or involuntary (preempted).");
+    RunqueueLatency = ("container_runqueue_latency_seconds", HISTOGRAM, &[], "Time the container's tasks waited on a run queue before running (eBPF, log2 buckets).");
+    Forks = ("container_forks_total", COUNTER, &[], "Processes forked by the container's tasks (eBPF).");
+    Execs = ("container_execs_total", COUNTER, &[], "Programs executed by the container's tasks (eBPF).");
+    Exits = ("container_process_exits_total", COUNTER, &[], "Processes of the container that exited (eBPF).");
+    OomKills = ("container_oom_kills_total", COUNTER, &[], "Tasks of the container killed by the OOM killer (eBPF, victim's cgroup).");
+    NetRxBytes = ("container_network_receive_bytes_total", COUNTER, &[], "Bytes received by the container's sockets, IP headers included (eBPF cgroup_skb).");
+    NetTxBytes = ("container_network_transmit_bytes_total", COUNTER, &[], "Bytes sent by the container's sockets, IP headers included (eBPF cgroup_skb).");
+    NetRxPackets = ("container_network_receive_packets_total", COUNTER, &[], "Packets received by the container's sockets (eBPF cgroup_skb).");
+    NetTxPackets = ("container_network_transmit_packets_total", COUNTER, &[], "Packets sent by the container's sockets (eBPF cgroup_skb).");
     EndTime = ("container_end_time_seconds", GAUGE, &[], "Time the container's last process was gone (unix seconds); its series stay for --metrics.retention.");
 }
 
@@ -247,6 +258,9 @@ fn render_container(out: &mut [MetricFamily], e: &Entry, labels: &[LabelPair]) {
     if let Some(usage) = secs(s.cpu.usage_ns) {
         push(&mut out[F::CpuUsage as usize], labels, &[("cpu", "total")], usage);
     }
+    if let Some(c) = &s.ebpf {
+        render_ebpf(out, labels, c);
+    }
     for io in &s.io {
         let dev = [("device", io.device.as_str())];
         push(&mut out[F::FsReadBytes as usize], labels, &dev, io.read_bytes as f64);
@@ -254,6 +268,48 @@ fn render_container(out: &mut [MetricFamily], e: &Entry, labels: &[LabelPair]) {
         push(&mut out[F::FsReads as usize], labels, &dev, io.reads as f64);
         push(&mut out[F::FsWrites as usize], labels, &dev, io.writes as f64);
     }
+}
+
+/// Histogram buckets start at 2^10 ns (~1 µs): shorter waits all fall in the first bucket,
+/// which keeps the series per container at 24 instead of 33 (the log2 slots below add nothing
+/// a dashboard shows).
+const FIRST_RUNQ_SLOT: usize = 9;
+
+fn render_ebpf(out: &mut [MetricFamily], labels: &[LabelPair], c: &EbpfCounters) {
+    let mut put = |f: F, extra: &[(&str, &str)], v: u64| push(&mut out[f as usize], labels, extra, v as f64);
+    put(F::ContextSwitches, &[("kind", "voluntary")], c.voluntary_switches);
+    put(F::ContextSwitches, &[("kind", "involuntary")], c.involuntary_switches);
+    put(F::Forks, &[], c.forks);
+    put(F::Execs, &[], c.execs);
+    put(F::Exits, &[], c.exits);
+    put(F::OomKills, &[], c.oom_kills);
+    put(F::NetRxBytes, &[], c.rx_bytes);
+    put(F::NetTxBytes, &[], c.tx_bytes);
+    put(F::NetRxPackets, &[], c.rx_packets);
+    put(F::NetTxPackets, &[], c.tx_packets);
+    out[F::RunqueueLatency as usize].mut_metric().push(runqueue_histogram(labels, c));
+}
+
+/// Slot i of the kernel histogram counts waits in [2^i, 2^(i+1)) ns, so its upper bound is
+/// 2^(i+1) ns; the last slot is open-ended and goes to +Inf only.
+fn runqueue_histogram(labels: &[LabelPair], c: &EbpfCounters) -> Metric {
+    let slots = &c.runqueue_latency_log2_ns;
+    let mut h = Histogram::default();
+    let mut cumulative = 0u64;
+    for (i, n) in slots.iter().enumerate().take(RUNQ_LATENCY_SLOTS - 1) {
+        cumulative += n;
+        if i >= FIRST_RUNQ_SLOT {
+            let mut b = Bucket::default();
+            b.set_cumulative_count(cumulative);
+            b.set_upper_bound((1u64 << (i + 1)) as f64 * 1e-9);
+            h.bucket.push(b);
+        }
+    }
+    h.set_sample_count(slots.iter().sum());
+    h.set_sample_sum(c.runqueue_latency_sum_ns as f64 * 1e-9);
+    let mut m = Metric::from_label(labels.to_vec());
+    m.set_histogram(h);
+    m
 }
 
 fn percent(used: f64, limit: f64) -> f64 {

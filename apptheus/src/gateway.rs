@@ -184,6 +184,8 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
     let id = peer.container_id();
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
     let cg = ContainerCgroup::create(&agent.layout, &id).map_err(PlaceError::Failed)?;
+    // Count in the kernel from before the first process arrives.
+    let ebpf_id = crate::monitor::ebpf_watch(agent, &id, &cg);
     let mut moved: Vec<i32> = Vec::new();
     // On failure, put what was moved back where it was, then remove the new cgroups.
     let undo = |moved: &[i32]| {
@@ -191,6 +193,9 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
             for back in &origin {
                 let _ = std::fs::write(back.join("cgroup.procs"), pid.to_string());
             }
+        }
+        if let Some(cgid) = ebpf_id {
+            agent.ebpf().unwatch(cgid);
         }
         let _ = cg.remove();
     };

@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod duration;
 pub mod environ;
+pub mod ebpf;
 pub mod exec;
 pub mod exposition;
 pub mod gateway;

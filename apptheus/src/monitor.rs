@@ -9,9 +9,16 @@ use tokio::time::MissedTickBehavior;
 
 use crate::agent::Agent;
 use crate::cgroup::{self, ContainerCgroup, Timed};
+use crate::ebpf::EbpfCounters;
 
 /// Sample `cg` until no process is left in it, then freeze its series and remove it.
 pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
+    // Idempotent: placement already watches; a re-adopted container is watched here. What an
+    // earlier agent run counted (from the persistence file) is the base the counters continue.
+    let ebpf = EbpfTrack {
+        id: ebpf_watch(&agent, &id, &cg),
+        base: agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default(),
+    };
     let mut ticker = tokio::time::interval(agent.interval);
     // After a stall, carry on at the interval instead of sampling in a burst.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -21,11 +28,11 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
             _ = agent.shutdown.cancelled() => return,
         }
         match cg.is_populated() {
-            Ok(true) => sample_once(&agent, &id, &cg),
+            Ok(true) => sample_once(&agent, &id, &cg, &ebpf),
             Ok(false) => {
                 // The cgroup still holds the final figures until it is removed: a job shorter
                 // than one interval is still accounted.
-                sample_once(&agent, &id, &cg);
+                sample_once(&agent, &id, &cg, &ebpf);
                 break;
             }
             Err(err) => {
@@ -35,12 +42,51 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
             }
         }
     }
+    if let Some(cgid) = ebpf.id {
+        agent.ebpf().unwatch(cgid);
+    }
     finish(&agent, &id, cg).await;
 }
 
-fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup) {
+/// A container's eBPF identity: its cgroup id (None when not counted) and the counts of an
+/// earlier agent run.
+struct EbpfTrack {
+    id: Option<u64>,
+    base: EbpfCounters,
+}
+
+/// Start counting the container in the eBPF maps; its cgroup id, or None when eBPF is off or
+/// the container has no cgroup v2 directory.
+pub fn ebpf_watch(agent: &Agent, id: &str, cg: &ContainerCgroup) -> Option<u64> {
+    let dir = cg.unified_dir()?;
+    let mut ebpf = agent.ebpf();
+    // Some programs may have been rejected (an older kernel): count with those that work.
+    if !ebpf.programs().iter().any(|(_, attached)| *attached) {
+        return None;
+    }
+    let cgid = match crate::ebpf::cgroup_id(dir) {
+        Ok(cgid) => cgid,
+        Err(err) => {
+            tracing::warn!(container = %id, path = %dir.display(), %err, "no cgroup id; no eBPF counters");
+            return None;
+        }
+    };
+    match ebpf.watch(cgid, dir) {
+        Ok(()) => Some(cgid),
+        Err(err) => {
+            agent.telemetry.ebpf_watch_errors.inc();
+            tracing::warn!(container = %id, err = %format!("{err:#}"), "cannot watch the container in the eBPF maps; no eBPF counters for it");
+            None
+        }
+    }
+}
+
+fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, ebpf: &EbpfTrack) {
     let start = Instant::now();
-    let (sample, errors) = cgroup::sample(&agent.collectors, cg);
+    let (mut sample, errors) = cgroup::sample(&agent.collectors, cg);
+    if let Some(cgid) = ebpf.id {
+        sample.ebpf = agent.ebpf().read(cgid).map(|c| c.continued_from(&ebpf.base));
+    }
     let at = SystemTime::now();
     agent.telemetry.sample_duration.observe(start.elapsed().as_secs_f64());
     for (source, err) in errors {

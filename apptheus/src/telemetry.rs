@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::exposition::ContainerCollector;
 use crate::store::Store;
@@ -17,6 +17,10 @@ pub struct Telemetry {
     /// `apptheus_sample_errors_total{source}`: a source (cpu, memory, ...) that could not be read.
     pub sample_errors: IntCounterVec,
     pub persistence_errors: IntCounter,
+    /// Containers that could not be added to the eBPF maps (for instance the map is full).
+    pub ebpf_watch_errors: IntCounter,
+    ebpf_up: IntGauge,
+    ebpf_attached: IntGaugeVec,
 }
 
 pub const RESULT_ACCEPTED: &str = "accepted";
@@ -52,6 +56,18 @@ impl Telemetry {
         let persistence_errors =
             IntCounter::new("apptheus_persistence_errors_total", "Failed writes of the persistence file.")?;
         registry.register(Box::new(persistence_errors.clone()))?;
+        let ebpf_up = IntGauge::new("apptheus_ebpf_up", "1 when the eBPF counters work (core programs attached), 0 when only cgroup metrics are served.")?;
+        let ebpf_attached = IntGaugeVec::new(
+            Opts::new("apptheus_ebpf_program_attached", "1 when the eBPF program is loaded and attached (cgroup_skb: loaded, attached per container)."),
+            &["program"],
+        )?;
+        let ebpf_watch_errors = IntCounter::new(
+            "apptheus_ebpf_watch_errors_total",
+            "Containers that could not be added to the eBPF maps (map full, attach failure): they have cgroup metrics only.",
+        )?;
+        registry.register(Box::new(ebpf_watch_errors.clone()))?;
+        registry.register(Box::new(ebpf_up.clone()))?;
+        registry.register(Box::new(ebpf_attached.clone()))?;
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(containers.clone()))?;
@@ -59,7 +75,24 @@ impl Telemetry {
         registry.register(Box::new(sample_errors.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         registry.register(Box::new(ContainerCollector::new(store, legacy)))?;
-        Ok(Telemetry { registry, connections, containers, sample_duration, sample_errors, persistence_errors })
+        Ok(Telemetry {
+            registry,
+            connections,
+            containers,
+            sample_duration,
+            sample_errors,
+            persistence_errors,
+            ebpf_watch_errors,
+            ebpf_up,
+            ebpf_attached,
+        })
+    }
+
+    pub fn set_ebpf_status(&self, up: bool, programs: &[(&'static str, bool)]) {
+        self.ebpf_up.set(i64::from(up));
+        for (name, attached) in programs {
+            self.ebpf_attached.with_label_values(&[name]).set(i64::from(*attached));
+        }
     }
 
     pub fn count_connection(&self, result: &str) {

@@ -6,8 +6,11 @@
 //!
 //! `--check` rebuilds into a temporary directory and fails when the shipped object is not
 //! byte-identical to the fresh build or the recorded source hash no longer matches. The build is
-//! byte-reproducible: the compiler is pinned and every absolute path that could reach the object
-//! (repository, target directory, cargo home, sysroot) is remapped to a fixed prefix.
+//! byte-reproducible, so the check compares bytes: the compiler is pinned, every absolute path
+//! that could reach the object (sources, target directory, cargo home, sysroot) is remapped to a
+//! fixed prefix, and the sources are built from a copy at a fixed path ([`STAGE`]), because cargo
+//! hashes the absolute path of `apptheus-common` (a path dependency outside the eBPF crate's
+//! workspace) into every crate's symbol hash, which lands in the DWARF strings.
 use std::{
     ffi::OsString,
     fs,
@@ -40,11 +43,14 @@ const SOURCES: &[&str] = &[
     "apptheus-common/src",
 ];
 
+/// Fixed build location of the staged sources (see the module docs), guarded by a lock file.
+const STAGE: &str = "/tmp/apptheus-ebpf-stage";
+
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Rebuild into a temporary directory and fail if the shipped object is stale.
     #[arg(long)]
-    check: bool,
+    pub check: bool,
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
@@ -59,8 +65,7 @@ pub fn build(args: BuildArgs) -> Result<()> {
 
 fn ship(root: &Path, tools: &Toolchain) -> Result<()> {
     let target_dir = root.join("target").join("ebpf");
-    let object = tools.build_object(root, &target_dir)?;
-    let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    let bytes = tools.build_object(root, &target_dir)?;
     let dir = root.join(SHIPPED_DIR);
     fs::create_dir_all(&dir)?;
     fs::write(dir.join(OBJECT_FILE), &bytes)?;
@@ -81,14 +86,15 @@ fn ship(root: &Path, tools: &Toolchain) -> Result<()> {
 
 fn check(root: &Path, tools: &Toolchain) -> Result<()> {
     let dir = root.join(SHIPPED_DIR);
-    let shipped = fs::read(dir.join(OBJECT_FILE))
-        .with_context(|| format!("no shipped object in {SHIPPED_DIR}: run `cargo xtask build-ebpf`"))?;
+    let shipped = fs::read(dir.join(OBJECT_FILE)).with_context(|| {
+        format!("no shipped object in {SHIPPED_DIR}: run `cargo xtask build-ebpf`")
+    })?;
     let record = Record::parse(&fs::read_to_string(dir.join(RECORD_FILE)).with_context(|| {
         format!("no {RECORD_FILE} in {SHIPPED_DIR}: run `cargo xtask build-ebpf`")
     })?)?;
 
     let tmp = TempDir::new()?;
-    let fresh = fs::read(tools.build_object(root, &tmp.0)?)?;
+    let fresh = tools.build_object(root, &tmp.0)?;
 
     let mut problems = Vec::new();
     let sources = source_hash(root)?;
@@ -136,16 +142,28 @@ struct Toolchain {
 impl Toolchain {
     fn ensure() -> Result<Self> {
         let name = ensure_nightly()?;
-        let sysroot = PathBuf::from(output(rustup_run(&name, "rustc").args(["--print", "sysroot"]))?.trim());
+        let sysroot =
+            PathBuf::from(output(rustup_run(&name, "rustc").args(["--print", "sysroot"]))?.trim());
         if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-            run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &name]))?;
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                &name,
+            ]))?;
         }
         let linker_bin = ensure_bpf_linker(&name, &sysroot)?;
-        Ok(Self { name, sysroot, linker_bin })
+        Ok(Self {
+            name,
+            sysroot,
+            linker_bin,
+        })
     }
 
-    /// Builds the release object into `target_dir` and returns its path.
-    fn build_object(&self, root: &Path, target_dir: &Path) -> Result<PathBuf> {
+    /// Builds the release object into `target_dir` and returns its bytes.
+    fn build_object(&self, root: &Path, target_dir: &Path) -> Result<Vec<u8>> {
+        let (stage, _lock) = stage_sources(root)?;
         fs::create_dir_all(target_dir)?;
         let target_dir = target_dir.canonicalize()?;
         let cargo_home = cargo_home();
@@ -156,7 +174,7 @@ impl Toolchain {
         let rustflags = [
             "-Cdebuginfo=2".to_owned(),
             "-Clink-arg=--btf".to_owned(),
-            remap(root, "/apptheus"),
+            remap(&stage, "/apptheus"),
             remap(&cargo_home, "/cargo"),
             remap(&self.sysroot, "/rust"),
             remap(&target_dir, "/target"),
@@ -167,8 +185,16 @@ impl Toolchain {
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
         let mut cmd = rustup_run(&self.name, "cargo");
-        cmd.current_dir(root.join(CRATE_DIR))
-            .args(["build", "--release", "--locked", "-Z", "build-std=core", "--target", TARGET])
+        cmd.current_dir(stage.join(CRATE_DIR))
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "-Z",
+                "build-std=core",
+                "--target",
+                TARGET,
+            ])
             .arg("--target-dir")
             .arg(&target_dir)
             .env("PATH", path)
@@ -188,7 +214,8 @@ impl Toolchain {
             cmd.env_remove(var);
         }
         run(&mut cmd)?;
-        Ok(target_dir.join(TARGET).join("release").join(BIN_NAME))
+        let object = target_dir.join(TARGET).join("release").join(BIN_NAME);
+        fs::read(&object).with_context(|| format!("reading {}", object.display()))
     }
 }
 
@@ -196,14 +223,19 @@ impl Toolchain {
 fn ensure_nightly() -> Result<String> {
     let installed = output(Command::new("rustup").args(["toolchain", "list"]))?;
     for candidate in [TOOLCHAIN, "nightly"] {
-        let present = installed
-            .lines()
-            .any(|l| l.split_whitespace().next().is_some_and(|n| n.starts_with(candidate)));
+        let present = installed.lines().any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|n| n.starts_with(candidate))
+        });
         if !present {
             continue;
         }
         let version = output(rustup_run(candidate, "rustc").arg("-vV")).unwrap_or_default();
-        if version.lines().any(|l| l == format!("commit-hash: {TOOLCHAIN_COMMIT}")) {
+        if version
+            .lines()
+            .any(|l| l == format!("commit-hash: {TOOLCHAIN_COMMIT}"))
+        {
             return Ok(candidate.to_owned());
         }
     }
@@ -231,7 +263,9 @@ fn ensure_bpf_linker(toolchain: &str, sysroot: &Path) -> Result<PathBuf> {
         .arg("--version")
         .env("LD_LIBRARY_PATH", &lib_dir)
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        });
     if works {
         return Ok(bin_dir);
     }
@@ -257,13 +291,22 @@ fn ensure_bpf_linker(toolchain: &str, sysroot: &Path) -> Result<PathBuf> {
     let prefix = tools.join("llvm");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
-    for name in [OsString::from("libLLVM.so"), libllvm.file_name().unwrap_or_default().to_owned()] {
+    for name in [
+        OsString::from("libLLVM.so"),
+        libllvm.file_name().unwrap_or_default().to_owned(),
+    ] {
         let link = prefix_lib.join(name);
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(&libllvm, &link)?;
     }
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--no-default-features", "--force"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--force",
+        ])
         .args(["--version", &format!("={BPF_LINKER_VERSION}")])
         .args(["--features", &format!("llvm-{llvm_major}")])
         .arg("--root")
@@ -271,6 +314,30 @@ fn ensure_bpf_linker(toolchain: &str, sysroot: &Path) -> Result<PathBuf> {
         .env("LLVM_PREFIX", &prefix)
         .env_remove("CARGO_TARGET_DIR"))?;
     Ok(bin_dir)
+}
+
+/// Copies the object's inputs (and the workspace manifest they inherit from) to [`STAGE`].
+/// Returns the stage and the lock that keeps other builds out of it until dropped.
+fn stage_sources(root: &Path) -> Result<(PathBuf, fs::File)> {
+    let stage = PathBuf::from(STAGE);
+    fs::create_dir_all(&stage)?;
+    let lock = fs::File::create(stage.join(".lock"))?;
+    lock.lock().context("locking the eBPF build stage")?;
+    for dir in ["apptheus-ebpf", "apptheus-common"] {
+        let _ = fs::remove_dir_all(stage.join(dir));
+    }
+    let mut files = vec!["Cargo.toml".to_owned()];
+    for source in SOURCES {
+        collect_files(root, &root.join(source), &mut files)?;
+    }
+    for rel in files {
+        let to = stage.join(&rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(root.join(&rel), &to).with_context(|| format!("staging {rel}"))?;
+    }
+    Ok((stage, lock))
 }
 
 /// SHA-256 over the object's inputs: each file's path, length and bytes, in path order.
@@ -298,7 +365,9 @@ fn collect_files(root: &Path, path: &Path, out: &mut Vec<String>) -> Result<()> 
         }
     } else {
         let rel = path.strip_prefix(root)?;
-        let rel = rel.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", rel.display()))?;
+        let rel = rel
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 path {}", rel.display()))?;
         out.push(rel.to_owned());
     }
     Ok(())
@@ -326,7 +395,10 @@ impl Record {
                 .map(|v| v.trim().to_owned())
                 .ok_or_else(|| anyhow!("{RECORD_FILE} has no `{key}` line"))
         };
-        Ok(Self { sources: field("sources-sha256")?, object: field("object-sha256")? })
+        Ok(Self {
+            sources: field("sources-sha256")?,
+            object: field("object-sha256")?,
+        })
     }
 }
 
@@ -378,7 +450,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

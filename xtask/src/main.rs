@@ -2,6 +2,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod ebpf;
 mod test;
 mod vm;
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Benchmarks side by side (issue 6): sampling vs a raw floor, scrape vs Pushgateway, placement, eBPF; writes bench/RESULTS.md.
+    Bench(bench::BenchArgs),
     /// Install the eBPF toolchain if missing and build the eBPF object.
     BuildEbpf(ebpf::BuildArgs),
     /// Boot a stock Debian kernel with pure cgroup v2 in qemu and run the agent's end-to-end test there.
@@ -25,6 +28,7 @@ enum Task {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
+        Task::Bench(args) => bench::run(args),
         Task::BuildEbpf(args) => ebpf::build(args),
         Task::VmTest(args) => vm::run(args),
         Task::Test(args) => test::run(args),

@@ -16,6 +16,9 @@ pub struct Sample {
     pub processes: Option<u64>,
     pub io: Vec<DeviceIo>,
     pub pressure: PressureStats,
+    /// Counters from the eBPF programs (cgroup v2 only, when they are loaded).
+    #[serde(default)]
+    pub ebpf: Option<crate::ebpf::EbpfCounters>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]

@@ -1,0 +1,306 @@
+//! Per-container counters measured in the kernel by the aya eBPF programs of `apptheus-ebpf`:
+//! context switches, run-queue latency, forks/execs/exits, OOM kills and network traffic.
+//!
+//! The object is built by `cargo xtask build-ebpf` and shipped in `prebuilt/`, so a stable-only
+//! toolchain builds the agent with eBPF working. Loading never fails: whatever is missing (BTF,
+//! CAP_BPF, a verifier that rejects a program, `--ebpf.disable`) is logged, one line per
+//! program, and reported by [`Ebpf::up`] and [`Ebpf::programs`].
+//!
+//! A container is counted once [`Ebpf::watch`] puts its cgroup id (the inode of its cgroup v2
+//! directory, see [`cgroup_id`]) into the `MONITORED` map. Only tasks and sockets in that exact
+//! cgroup count, not in cgroups below it.
+use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
+
+use anyhow::{anyhow, Context as _, Result};
+use apptheus_common::{CgroupCounters, RUNQ_SLOTS};
+use aya::{
+    maps::{HashMap as BpfHashMap, PerCpuHashMap, PerCpuValues},
+    programs::{cgroup_skb::CgroupSkbLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+};
+
+mod btf;
+mod logs;
+mod programs;
+#[cfg(test)]
+mod tests;
+
+use programs::PROGRAMS;
+
+/// The eBPF object, aligned for aya's ELF parser.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("prebuilt/apptheus-ebpf.o");
+
+/// Number of run-queue latency histogram slots in [`EbpfCounters`].
+pub const RUNQ_LATENCY_SLOTS: usize = RUNQ_SLOTS;
+
+#[derive(Clone, Debug, Default)]
+pub struct EbpfOptions {
+    /// `--ebpf.disable`: load nothing.
+    pub disable: bool,
+}
+
+/// Counters of one watched cgroup, summed over CPUs, since [`Ebpf::watch`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EbpfCounters {
+    /// The task blocked (it was not preempted and not runnable when switched out).
+    pub voluntary_switches: u64,
+    /// The task was preempted or yielded while runnable.
+    pub involuntary_switches: u64,
+    /// Slot `i` counts waits on a run queue (wakeup or preemption to running) in
+    /// `[2^i, 2^(i+1))` ns; the last slot also takes everything longer.
+    pub runqueue_latency_log2_ns: [u64; RUNQ_LATENCY_SLOTS],
+    /// Sum of all those waits in ns.
+    pub runqueue_latency_sum_ns: u64,
+    /// New processes (not threads) forked by tasks of the cgroup.
+    pub forks: u64,
+    pub execs: u64,
+    /// Processes whose last thread exited.
+    pub exits: u64,
+    /// Tasks of the cgroup chosen as OOM victims.
+    pub oom_kills: u64,
+    /// IP bytes (headers included) and skbs received / sent by sockets of the cgroup.
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+impl EbpfCounters {
+    /// `self + base`: counters read from the maps of this agent run, continued from what an
+    /// earlier run had counted (so they stay monotonic across a restart).
+    pub fn continued_from(&self, base: &EbpfCounters) -> EbpfCounters {
+        let mut out = self.clone();
+        out.voluntary_switches += base.voluntary_switches;
+        out.involuntary_switches += base.involuntary_switches;
+        for (o, b) in out.runqueue_latency_log2_ns.iter_mut().zip(base.runqueue_latency_log2_ns) {
+            *o += b;
+        }
+        out.runqueue_latency_sum_ns += base.runqueue_latency_sum_ns;
+        out.forks += base.forks;
+        out.execs += base.execs;
+        out.exits += base.exits;
+        out.oom_kills += base.oom_kills;
+        out.rx_bytes += base.rx_bytes;
+        out.tx_bytes += base.tx_bytes;
+        out.rx_packets += base.rx_packets;
+        out.tx_packets += base.tx_packets;
+        out
+    }
+
+    fn add(&mut self, c: &CgroupCounters) {
+        self.voluntary_switches += c.voluntary_switches;
+        self.involuntary_switches += c.involuntary_switches;
+        for (sum, v) in self
+            .runqueue_latency_log2_ns
+            .iter_mut()
+            .zip(c.runq_latency_log2_ns)
+        {
+            *sum += v;
+        }
+        self.runqueue_latency_sum_ns += c.runq_latency_sum_ns;
+        self.forks += c.forks;
+        self.execs += c.execs;
+        self.exits += c.exits;
+        self.oom_kills += c.oom_kills;
+        self.rx_bytes += c.rx_bytes;
+        self.tx_bytes += c.tx_bytes;
+        self.rx_packets += c.rx_packets;
+        self.tx_packets += c.tx_packets;
+    }
+}
+
+/// The loaded programs and maps (or the record of why they are not there).
+pub struct Ebpf {
+    loaded: Option<Loaded>,
+    /// Attach status per program, in [`PROGRAMS`] order.
+    attached: Vec<(&'static str, bool)>,
+}
+
+struct Loaded {
+    bpf: aya::Ebpf,
+    /// cgroup_skb ingress and egress links per watched cgroup; dropping them detaches.
+    skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
+    _logs: Option<logs::LogPump>,
+}
+
+// The agent keeps `Ebpf` in a mutex shared by tokio tasks.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Ebpf>();
+};
+
+impl Ebpf {
+    /// Loads and attaches what this kernel allows. Never fails: each program that cannot be
+    /// loaded or attached gets one warning line, and the rest go on.
+    pub fn load(opts: &EbpfOptions) -> Ebpf {
+        Self::load_object(opts, OBJECT)
+    }
+
+    fn load_object(opts: &EbpfOptions, object: &[u8]) -> Ebpf {
+        let mut attached: Vec<_> = PROGRAMS.iter().map(|p| (p.name, false)).collect();
+        if opts.disable {
+            tracing::info!("eBPF disabled (--ebpf.disable): no kernel counters");
+            return Ebpf {
+                loaded: None,
+                attached,
+            };
+        }
+        let loaded = match programs::load_object(object) {
+            Ok((mut bpf, btf)) => {
+                for (program, status) in PROGRAMS.iter().zip(attached.iter_mut()) {
+                    match programs::load_program(&mut bpf, &btf, program) {
+                        Ok(()) => status.1 = true,
+                        Err(e) => tracing::warn!(
+                            program = program.name,
+                            "eBPF program {} ({}) not attached: {e:#}",
+                            program.name,
+                            program.hook_description()
+                        ),
+                    }
+                }
+                let logs = logs::LogPump::start(&mut bpf)
+                    .map_err(|e| tracing::debug!("eBPF log forwarding unavailable: {e:#}"))
+                    .ok();
+                Some(Loaded {
+                    bpf,
+                    skb_links: HashMap::new(),
+                    _logs: logs,
+                })
+            }
+            Err(e) => {
+                tracing::warn!("eBPF not loaded, kernel counters unavailable: {e:#}");
+                None
+            }
+        };
+        let ebpf = Ebpf { loaded, attached };
+        if ebpf.loaded.is_some() {
+            let ok: Vec<_> = ebpf.attached.iter().filter(|p| p.1).map(|p| p.0).collect();
+            tracing::info!(up = ebpf.up(), "eBPF programs attached: {}", ok.join(", "));
+        }
+        ebpf
+    }
+
+    /// True when the core programs (context switches and process lifecycle) are attached.
+    pub fn up(&self) -> bool {
+        PROGRAMS
+            .iter()
+            .zip(&self.attached)
+            .all(|(program, (_, ok))| !program.core || *ok)
+            && self.loaded.is_some()
+    }
+
+    /// Each program and whether it is attached (for the cgroup_skb programs: loaded and ready
+    /// to be attached to each watched cgroup).
+    pub fn programs(&self) -> Vec<(&'static str, bool)> {
+        self.attached.clone()
+    }
+
+    /// Starts counting the cgroup: adds it to `MONITORED` with zeroed counters and attaches the
+    /// cgroup_skb programs to its cgroup v2 directory. On error nothing of it stays watched.
+    /// Watching an already watched cgroup changes nothing.
+    pub fn watch(&mut self, cgroup_id: u64, unified_cgroup_dir: &Path) -> Result<()> {
+        let skb_ready =
+            self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress");
+        let loaded = self
+            .loaded
+            .as_mut()
+            .ok_or_else(|| anyhow!("eBPF is not loaded"))?;
+        if loaded.skb_links.contains_key(&cgroup_id) {
+            return Ok(());
+        }
+        let result = loaded.watch(cgroup_id, unified_cgroup_dir, skb_ready);
+        if result.is_err() {
+            loaded.unwatch(cgroup_id);
+        }
+        result
+    }
+
+    /// Stops counting the cgroup: removes it from `MONITORED`, deletes its counters and detaches
+    /// its cgroup_skb links.
+    pub fn unwatch(&mut self, cgroup_id: u64) {
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.unwatch(cgroup_id);
+        }
+    }
+
+    /// The cgroup's counters summed over CPUs, or `None` when it is not watched.
+    pub fn read(&self, cgroup_id: u64) -> Option<EbpfCounters> {
+        let loaded = self.loaded.as_ref()?;
+        let map = loaded.bpf.map("COUNTERS")?;
+        let counters = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map).ok()?;
+        let per_cpu = counters.get(&cgroup_id, 0).ok()?;
+        let mut sum = EbpfCounters::default();
+        per_cpu.iter().for_each(|c| sum.add(c));
+        Some(sum)
+    }
+
+    fn is_attached(&self, name: &str) -> bool {
+        self.attached.iter().any(|(n, ok)| *n == name && *ok)
+    }
+}
+
+impl Loaded {
+    fn watch(&mut self, cgroup_id: u64, dir: &Path, skb_ready: bool) -> Result<()> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); nr_cpus])?;
+        let mut counters: PerCpuHashMap<_, u64, CgroupCounters> =
+            PerCpuHashMap::try_from(self.map_mut("COUNTERS")?)?;
+        counters
+            .insert(cgroup_id, zero, 0)
+            .context("adding to COUNTERS")?;
+        let mut monitored: BpfHashMap<_, u64, u8> =
+            BpfHashMap::try_from(self.map_mut("MONITORED")?)?;
+        monitored
+            .insert(cgroup_id, 1, 0)
+            .context("adding to MONITORED")?;
+
+        let mut links = Vec::new();
+        if skb_ready {
+            let cgroup = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+            for (name, attach_type) in [
+                ("cgroup_skb_ingress", CgroupSkbAttachType::Ingress),
+                ("cgroup_skb_egress", CgroupSkbAttachType::Egress),
+            ] {
+                let program: &mut CgroupSkb = self
+                    .bpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?
+                    .try_into()?;
+                // On kernels >= 5.7 aya attaches through a bpf_link, which coexists with other
+                // programs on the cgroup anyway and takes no flags (AllowMultiple is EINVAL).
+                let id = program
+                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+                links.push(program.take_link(id)?);
+            }
+        }
+        self.skb_links.insert(cgroup_id, links);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, cgroup_id: u64) {
+        // Stop counting first, then drop the counters: the programs skip cgroups without them.
+        if let Ok(map) = self.map_mut("MONITORED") {
+            if let Ok(mut monitored) = BpfHashMap::<_, u64, u8>::try_from(map) {
+                let _ = monitored.remove(&cgroup_id);
+            }
+        }
+        if let Ok(map) = self.map_mut("COUNTERS") {
+            if let Ok(mut counters) = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map) {
+                let _ = counters.remove(&cgroup_id);
+            }
+        }
+        self.skb_links.remove(&cgroup_id);
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    }
+}
+
+/// The cgroup id of a cgroup v2 directory: its inode number, which is what
+/// `bpf_get_current_cgroup_id()` returns for tasks in it.
+pub fn cgroup_id(unified_cgroup_dir: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::metadata(unified_cgroup_dir)?.ino())
+}

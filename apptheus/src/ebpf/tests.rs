@@ -1,0 +1,515 @@
+//! Privileged tests on the real kernel: workloads with known behaviour run in a watched test
+//! cgroup, and the counters must agree with them.
+//!
+//! Each test creates its cgroups only below this process's own cgroup and removes them (after
+//! killing what it started) even when an assertion fails. Without root or when eBPF cannot load,
+//! a test prints `SKIP: reason` and passes, unless `APPTHEUS_REQUIRE_PRIVILEGED=1`, where it fails.
+//!
+//! Workloads that need code run as this test binary re-executed on the ignored test
+//! [`child_process`], with the role in an environment variable.
+use std::{
+    ffi::CString,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, MutexGuard,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{cgroup_id, Ebpf, EbpfCounters, EbpfOptions};
+
+const REQUIRE_ENV: &str = "APPTHEUS_REQUIRE_PRIVILEGED";
+const CHILD_ENV: &str = "APPTHEUS_EBPF_TEST_CHILD";
+const CHILD_DONE: &str = "APPTHEUS-EBPF-CHILD-DONE";
+
+/// One test at a time: they load their own programs and time workloads on 2 CPUs.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Setup {
+    ebpf: Ebpf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Loads the programs, or says why the test cannot run (and fails if it is required to).
+fn setup() -> Option<Setup> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let skip = |reason: String| -> Option<Setup> {
+        if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+            panic!("{REQUIRE_ENV}=1 but this privileged test cannot run: {reason}");
+        }
+        eprintln!("SKIP: {reason}");
+        None
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("not root".into());
+    }
+    if unified_root().is_none() {
+        return skip("no cgroup v2 hierarchy mounted".into());
+    }
+    let ebpf = Ebpf::load(&EbpfOptions::default());
+    if !ebpf.up() {
+        return skip(format!("eBPF cannot load here: {:?}", ebpf.programs()));
+    }
+    Some(Setup {
+        ebpf,
+        _serial: serial,
+    })
+}
+
+// --- cgroups -------------------------------------------------------------------------------
+
+/// Mount point of the unified (v2) hierarchy: hybrid mode or pure v2.
+fn unified_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+}
+
+/// This process's cgroup path for the hierarchy whose /proc/self/cgroup line starts with
+/// `prefix` ("0::" for v2, "N:memory:" for v1 memory).
+fn own_cgroup(matches: impl Fn(&str) -> bool) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        matches(controllers).then(|| path.to_owned())
+    })
+}
+
+/// A test cgroup below our own, in the unified hierarchy (and in the v1 memory hierarchy when
+/// a memory limit is asked for in hybrid mode). Drop kills what runs in it and removes it.
+struct TestCgroup {
+    unified: PathBuf,
+    memory_v1: Option<PathBuf>,
+    children: Vec<u32>,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "apptheus-test-{}-{tag}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let root = unified_root().expect("checked in setup");
+        let own = own_cgroup(|c| c.is_empty()).expect("a 0:: line in /proc/self/cgroup");
+        let unified = root.join(own.trim_start_matches('/')).join(&name);
+        std::fs::create_dir(&unified)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", unified.display()));
+        Self {
+            unified,
+            memory_v1: None,
+            children: Vec::new(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        cgroup_id(&self.unified).expect("cgroup inode")
+    }
+
+    /// Limits memory: v1 memory controller in hybrid mode, else memory.max in v2.
+    /// Returns false when neither is available.
+    fn limit_memory(&mut self, bytes: u64) -> bool {
+        if let Some(own) = own_cgroup(|c| c.split(',').any(|c| c == "memory")) {
+            let name = self.unified.file_name().expect("named");
+            let dir = Path::new("/sys/fs/cgroup/memory")
+                .join(own.trim_start_matches('/'))
+                .join(name);
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            self.memory_v1 = Some(dir.clone());
+            std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).expect("v1 limit");
+            return true;
+        }
+        std::fs::write(self.unified.join("memory.max"), bytes.to_string()).is_ok()
+    }
+
+    /// Spawns `cmd` with the child moved into this cgroup before it execs.
+    fn spawn(&mut self, cmd: &mut Command, pin_cpu: Option<usize>) -> Child {
+        let procs: Vec<CString> = std::iter::once(&self.unified)
+            .chain(self.memory_v1.as_ref())
+            .map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()))
+            .collect::<Result<_, _>>()
+            .expect("path without NUL");
+        // SAFETY: an all-zero cpu_set_t is valid; CPU_SET writes inside it.
+        let cpus = pin_cpu.map(|cpu| unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            set
+        });
+        // SAFETY: the closure only makes async-signal-safe syscalls on data prepared above.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &procs {
+                    // Writing "0" moves the writing process.
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if let Some(set) = &cpus {
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn workload");
+        self.children.push(child.id());
+        child
+    }
+
+    fn pids(dir: &Path) -> Vec<i32> {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let dirs: Vec<PathBuf> = std::iter::once(self.unified.clone())
+            .chain(self.memory_v1.clone())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Our children first, then anything they left in our own cgroups.
+            let mut pids: Vec<i32> = self
+                .children
+                .iter()
+                .filter_map(|&p| i32::try_from(p).ok())
+                .collect();
+            dirs.iter().for_each(|d| pids.extend(Self::pids(d)));
+            pids.retain(|&p| p > 0);
+            for &pid in &pids {
+                // SAFETY: plain kill(2) of a pid we started or that sits in our test cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            self.children.clear();
+            if dirs.iter().all(|d| Self::pids(d).is_empty()) || Instant::now() > deadline {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        for dir in &dirs {
+            // A cgroup whose last task just died can be busy for a moment.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            if dir.exists() {
+                eprintln!("warning: could not remove test cgroup {}", dir.display());
+            }
+        }
+    }
+}
+
+// --- child workloads -----------------------------------------------------------------------
+
+/// This test binary re-executed as a workload with the given role.
+fn child_command(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "ebpf::tests::child_process",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(CHILD_ENV, role)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Reads the child's stdout until it reports its work done; the rest is drained in the
+/// background so the child never writes into a closed pipe.
+fn wait_done(child: &mut Child) {
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    for line in lines.by_ref() {
+        if line.expect("child stdout") == CHILD_DONE {
+            thread::spawn(move || lines.for_each(drop));
+            return;
+        }
+    }
+    panic!("workload exited before finishing: {:?}", child.wait());
+}
+
+fn arg(role: &str) -> u64 {
+    role.split_once(':')
+        .and_then(|(_, n)| n.parse().ok())
+        .expect("role:<number>")
+}
+
+/// Entry point of the re-executed workloads; does nothing in a normal test run.
+#[test]
+#[ignore = "workload process of the eBPF tests, run by them"]
+fn child_process() {
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    match role.split_once(':').map_or(role.as_str(), |(r, _)| r) {
+        // Block and wake `n` times, then stay alive (blocked on stdin) until the parent has read
+        // /proc.
+        "sleep" => {
+            for _ in 0..arg(&role) {
+                thread::sleep(Duration::from_micros(100));
+            }
+            println!("{CHILD_DONE}");
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+        }
+        // Burn CPU for `n` ms.
+        "spin" => {
+            let end = Instant::now() + Duration::from_millis(arg(&role));
+            let mut x = 0u64;
+            while Instant::now() < end {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        // Send exactly `n` bytes to ourselves over loopback TCP.
+        "net" => {
+            let n = arg(&role) as usize;
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let mut client =
+                TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            let sender = thread::spawn(move || {
+                client.write_all(&vec![0x5a; n]).expect("send");
+                client.shutdown(std::net::Shutdown::Both).expect("shutdown");
+            });
+            let mut received = Vec::with_capacity(n);
+            server.read_to_end(&mut received).expect("receive");
+            sender.join().expect("sender");
+            assert_eq!(received.len(), n);
+            println!("{CHILD_DONE}");
+        }
+        // Allocate and touch `n` MiB.
+        "alloc" => {
+            let mut chunks = Vec::new();
+            for _ in 0..arg(&role) {
+                let mut chunk = vec![0u8; 1 << 20];
+                chunk.iter_mut().step_by(4096).for_each(|b| *b = 1);
+                chunks.push(std::hint::black_box(chunk));
+            }
+            println!("{CHILD_DONE}");
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+fn read(ebpf: &Ebpf, id: u64) -> EbpfCounters {
+    ebpf.read(id).expect("watched cgroup has counters")
+}
+
+/// Sum of voluntary_ctxt_switches over the tasks of a process.
+fn proc_voluntary_switches(pid: u32) -> u64 {
+    let mut sum = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
+        let status =
+            std::fs::read_to_string(task.expect("task").path().join("status")).unwrap_or_default();
+        sum += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    sum
+}
+
+// --- tests ---------------------------------------------------------------------------------
+
+#[test]
+fn disabled_loads_nothing() {
+    let ebpf = Ebpf::load(&EbpfOptions { disable: true });
+    assert!(!ebpf.up());
+    assert!(ebpf.programs().iter().all(|(_, attached)| !attached));
+    assert!(ebpf.read(1).is_none());
+}
+
+#[test]
+fn a_broken_object_degrades_instead_of_failing() {
+    let ebpf = Ebpf::load_object(&EbpfOptions::default(), b"not an ELF object");
+    assert!(!ebpf.up());
+    assert!(ebpf.programs().iter().all(|(_, attached)| !attached));
+    let mut ebpf = ebpf;
+    assert!(ebpf.watch(1, Path::new("/nonexistent")).is_err());
+    ebpf.unwatch(1);
+}
+
+#[test]
+fn cgroup_id_is_the_directory_inode() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = std::env::temp_dir();
+    assert_eq!(
+        cgroup_id(&dir).unwrap(),
+        std::fs::metadata(&dir).unwrap().ino()
+    );
+}
+
+#[test]
+fn all_programs_attach_here() {
+    let Some(s) = setup() else { return };
+    let failed: Vec<_> = s
+        .ebpf
+        .programs()
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .collect();
+    assert!(failed.is_empty(), "programs not attached: {failed:?}");
+}
+
+#[test]
+fn exec_and_fork_counts_only_the_watched_cgroup() {
+    let Some(mut s) = setup() else { return };
+    let mut cg = TestCgroup::new("exec");
+    let id = cg.id();
+    s.ebpf.watch(id, &cg.unified).expect("watch");
+    assert_eq!(read(&s.ebpf, id), EbpfCounters::default());
+
+    let script = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
+    let status = cg
+        .spawn(Command::new("/bin/sh").args(["-c", script]), None)
+        .wait()
+        .expect("wait");
+    assert!(status.success());
+    let after = read(&s.ebpf, id);
+    eprintln!("exec loop: {after:?}");
+    assert!(after.execs >= 50, "execs {after:?}");
+    assert!(after.forks >= 50, "forks {after:?}");
+    assert!(after.exits >= 50, "exits {after:?}");
+
+    // The same workload outside the watched cgroup moves nothing.
+    let status = Command::new("/bin/sh")
+        .args(["-c", script])
+        .status()
+        .expect("sibling");
+    assert!(status.success());
+    let sibling = read(&s.ebpf, id);
+    assert_eq!(
+        (sibling.execs, sibling.forks, sibling.exits),
+        (after.execs, after.forks, after.exits)
+    );
+
+    s.ebpf.unwatch(id);
+    assert!(s.ebpf.read(id).is_none(), "unwatch deletes the counters");
+}
+
+#[test]
+fn loopback_tcp_bytes_are_counted_both_ways() {
+    let Some(mut s) = setup() else { return };
+    let mut cg = TestCgroup::new("net");
+    let id = cg.id();
+    s.ebpf.watch(id, &cg.unified).expect("watch");
+
+    const N: u64 = 4 << 20;
+    let mut child = cg.spawn(&mut child_command(&format!("net:{N}")), None);
+    wait_done(&mut child);
+    assert!(child.wait().expect("wait").success());
+    let c = read(&s.ebpf, id);
+    eprintln!("{N} bytes over loopback: {c:?}");
+    // Headers (IP + TCP, ~52-64 bytes per skb incl. ACKs) are the only overhead on loopback.
+    let overhead = N / 50;
+    for (what, bytes) in [("tx", c.tx_bytes), ("rx", c.rx_bytes)] {
+        assert!(
+            (N..=N + overhead).contains(&bytes),
+            "{what} bytes {bytes} for {N} sent: {c:?}"
+        );
+    }
+    assert!(c.tx_packets > 2 && c.rx_packets > 2, "{c:?}");
+    s.ebpf.unwatch(id);
+}
+
+#[test]
+fn voluntary_switches_match_proc() {
+    let Some(mut s) = setup() else { return };
+    let mut cg = TestCgroup::new("sleep");
+    let id = cg.id();
+    s.ebpf.watch(id, &cg.unified).expect("watch");
+
+    let mut child = cg.spawn(&mut child_command("sleep:2000"), None);
+    wait_done(&mut child);
+    let proc = proc_voluntary_switches(child.id());
+    let c = read(&s.ebpf, id);
+    drop(child.stdin.take()); // lets the child exit
+    assert!(child.wait().expect("wait").success());
+    eprintln!("2000 sleeps: /proc voluntary {proc}, eBPF {c:?}");
+    assert!(proc >= 2000, "/proc says {proc}");
+    let diff = c.voluntary_switches.abs_diff(proc);
+    assert!(
+        diff * 10 <= proc,
+        "eBPF {} vs /proc {proc}: {c:?}",
+        c.voluntary_switches
+    );
+    s.ebpf.unwatch(id);
+}
+
+#[test]
+fn cpu_hogs_on_one_cpu_are_preempted_and_wait() {
+    let Some(mut s) = setup() else { return };
+    let mut cg = TestCgroup::new("hogs");
+    let id = cg.id();
+    s.ebpf.watch(id, &cg.unified).expect("watch");
+
+    let mut hogs: Vec<Child> = (0..2)
+        .map(|_| cg.spawn(child_command("spin:500").stdin(Stdio::null()), Some(0)))
+        .collect();
+    for hog in &mut hogs {
+        assert!(hog.wait().expect("wait").success());
+    }
+    let c = read(&s.ebpf, id);
+    eprintln!("two hogs on CPU 0: {c:?}");
+    assert!(c.involuntary_switches > 0, "{c:?}");
+    let waits: u64 = c.runqueue_latency_log2_ns.iter().sum();
+    assert!(waits > 0, "empty run-queue histogram: {c:?}");
+    s.ebpf.unwatch(id);
+}
+
+#[test]
+fn oom_kill_is_counted_for_the_victim() {
+    let Some(mut s) = setup() else { return };
+    let mut cg = TestCgroup::new("oom");
+    let id = cg.id();
+    if !cg.limit_memory(64 << 20) {
+        if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+            panic!("no memory controller to set a limit with");
+        }
+        eprintln!("SKIP: no memory controller to set a limit with");
+        return;
+    }
+    s.ebpf.watch(id, &cg.unified).expect("watch");
+
+    let mut child = cg.spawn(child_command("alloc:512").stdin(Stdio::null()), None);
+    let status = child.wait().expect("wait");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the OOM killer ends the child: {status:?}"
+    );
+    let c = read(&s.ebpf, id);
+    eprintln!("OOM: {c:?}");
+    assert_eq!(c.oom_kills, 1, "{c:?}");
+    s.ebpf.unwatch(id);
+}

@@ -1,0 +1,190 @@
+//! What a request gets, in order: the rate limit (429), the configured extra headers (on every
+//! answer, as exporter-toolkit sets them), basic auth (401 with `WWW-Authenticate: Basic`), then
+//! the route, all within `--web.request-timeout` (503 after it). Only GET and HEAD are served
+//! (405 with `Allow: GET, HEAD`); unknown paths are 404.
+//!
+//! Scrapes: at most `--web.max-requests` at once (more get 503 at once, as client_golang's
+//! `MaxRequestsInFlight` does; Prometheus retries at the next interval). Gathering and encoding
+//! run on the blocking pool, so a slow scrape never stalls the runtime; the scrape slot is held
+//! until that work is done, even if the request timed out.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus::{Encoder, ProtobufEncoder, TextEncoder};
+use tokio::sync::Semaphore;
+
+use super::auth::Authenticator;
+use super::live::LiveConfig;
+use super::negotiate::{self, Format};
+use super::openmetrics;
+use super::routes::Routes;
+use crate::agent::Agent;
+
+pub struct Shared {
+    pub agent: Arc<Agent>,
+    pub routes: Routes,
+    pub live: LiveConfig,
+    pub auth: Authenticator,
+    /// None: no limit.
+    pub scrapes: Option<Arc<Semaphore>>,
+    pub max_requests: usize,
+    pub timeout: Duration,
+}
+
+pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let config = shared.live.current();
+    let answer = tokio::time::timeout(shared.timeout, async {
+        if let Some(limiter) = &config.limiter {
+            if !limiter.allow() {
+                return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+            }
+        }
+        if !config.users.is_empty() && !shared.auth.check(&config.users, req.headers().get(header::AUTHORIZATION)).await {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            return r;
+        }
+        route(&shared, req).await
+    })
+    .await;
+    let mut response = answer.unwrap_or_else(|_| text(StatusCode::SERVICE_UNAVAILABLE, "request timed out\n"));
+    for (name, value) in &config.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
+}
+
+enum Target {
+    Metrics,
+    Healthy,
+    Ready,
+    Landing,
+    ToLanding,
+}
+
+async fn route(shared: &Shared, req: Request) -> Response {
+    let r = &shared.routes;
+    let path = req.uri().path();
+    let target = if path == r.metrics {
+        Target::Metrics
+    } else if path == r.healthy {
+        Target::Healthy
+    } else if path == r.ready {
+        Target::Ready
+    } else if path == r.landing || (!r.prefix.is_empty() && path == r.prefix) {
+        Target::Landing
+    } else if path == "/" && !r.prefix.is_empty() {
+        Target::ToLanding
+    } else {
+        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match target {
+        Target::Metrics => metrics(shared, req.headers()).await,
+        Target::Healthy => text(StatusCode::OK, "apptheus is Healthy.\n"),
+        Target::Ready => text(StatusCode::OK, "apptheus is Ready.\n"),
+        Target::Landing => landing(r),
+        Target::ToLanding => match HeaderValue::from_str(&r.landing) {
+            Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+            Err(_) => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+        },
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], body).into_response()
+}
+
+async fn metrics(shared: &Shared, headers: &HeaderMap) -> Response {
+    let permit = match &shared.scrapes {
+        Some(sem) => match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                tracing::warn!(limit = shared.max_requests, "scrape refused: --web.max-requests reached");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("Limit of concurrent requests reached ({}), try again later.\n", shared.max_requests),
+                )
+                    .into_response();
+            }
+        },
+        None => None,
+    };
+    let header_str = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let format = negotiate::negotiate(header_str(header::ACCEPT));
+    let user_agent = header_str(header::USER_AGENT).unwrap_or("").to_string();
+    let gzip = negotiate::wants_gzip(header_str(header::ACCEPT_ENCODING));
+    let agent = shared.agent.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        render(&agent, format, gzip)
+    });
+    match work.await {
+        Ok(Ok(body)) => {
+            tracing::debug!(format = format.name(), gzip, bytes = body.len(), %user_agent, "served a scrape");
+            let mut resp = Response::new(Body::from(body));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            if gzip {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+            resp
+        }
+        Ok(Err(err)) => {
+            tracing::error!(err = %format!("{err:#}"), "encoding metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {err}\n")).into_response()
+        }
+        Err(err) => {
+            tracing::error!(%err, "encoding metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response()
+        }
+    }
+}
+
+/// Gather every series and encode them in `format`, gzipped if asked.
+pub fn render(agent: &Agent, format: Format, gzip: bool) -> anyhow::Result<Vec<u8>> {
+    let families = agent.telemetry.registry.gather();
+    let mut body = Vec::with_capacity(64 * 1024);
+    match format {
+        Format::Text => TextEncoder::new().encode(&families, &mut body)?,
+        Format::Protobuf => ProtobufEncoder::new().encode(&families, &mut body)?,
+        Format::OpenMetrics(_) => body = openmetrics::encode(&families).into_bytes(),
+    }
+    if !gzip {
+        return Ok(body);
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    gz.write_all(&body)?;
+    Ok(gz.finish()?)
+}
+
+fn landing(r: &Routes) -> Response {
+    let link = |p: &str| html_escape(&format!("{}{p}", r.link_base));
+    let page = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>apptheus</title></head>\n<body>\n\
+         <h1>apptheus</h1>\n<p>Per-container metrics for Apptainer (version {version}).</p>\n<ul>\n\
+         <li><a href=\"{metrics}\">Metrics</a></li>\n<li><a href=\"{healthy}\">Health</a></li>\n<li><a href=\"{ready}\">Readiness</a></li>\n\
+         </ul>\n</body>\n</html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+        metrics = link(&r.telemetry),
+        healthy = link("/-/healthy"),
+        ready = link("/-/ready"),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
