@@ -288,3 +288,45 @@ fn a_full_persistence_directory_is_an_error_metric_not_an_outage() {
         .status();
     persistence_failure_is_counted_and_serving_goes_on(&fs);
 }
+
+#[test]
+fn http_abuse_is_answered_with_a_status_and_bounded() {
+    if !privileged("http_abuse_is_answered_with_a_status_and_bounded") {
+        return;
+    }
+    let mut agent = Agent::start_with(AgentOptions { extra: vec!["--web.route-prefix=/apptheus".into()], ..Default::default() });
+    let _container = agent.exec(&["sleep", "20"]);
+    let port = agent.port;
+    // Very long path, unknown method, path traversal out of the route prefix, NUL and junk.
+    let long = format!("/apptheus/{}", "a".repeat(64 * 1024));
+    let (status, _) = http_get(port, &long).unwrap();
+    assert!(status == 414 || status == 431 || status == 404, "long path: {status}");
+    assert_eq!(http_request(port, "BREW", "/apptheus/metrics", &[]).unwrap().0, 405);
+    for path in ["/apptheus/../metrics", "/apptheus/%2e%2e/metrics", "/../apptheus/metrics", "/metrics"] {
+        let (status, body) = http_get(port, path).unwrap();
+        assert!(status != 200 || !body.contains("container_"), "{path} served metrics outside the prefix");
+    }
+    let (status, _) = http_get(port, "/apptheus/metrics").unwrap();
+    assert_eq!(status, 200);
+    // Garbage instead of HTTP: the connection is answered or closed, the agent stays up.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"\x00\x01\x02 garbage \r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&buf));
+    }
+    // 200 concurrent scrapes: each gets 200 or 503 (over --web.max-requests), memory stays bounded.
+    let threads: Vec<_> = (0..200)
+        .map(|_| std::thread::spawn(move || http_get(port, "/apptheus/metrics").map(|(s, _)| s).unwrap_or(0)))
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(statuses.contains(&200));
+    let m = Metrics::parse(&http_get(port, "/apptheus/metrics").unwrap().1);
+    let rss = m.one("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss < 64.0 * 1024.0 * 1024.0, "agent RSS {rss}");
+    assert!(agent.child.as_mut().unwrap().try_wait().unwrap().is_none(), "agent died");
+}
