@@ -91,7 +91,16 @@ mod tests {
     #[test]
     fn a_real_process_environment() {
         let mut child = std::process::Command::new("sleep").arg("5").env("APPTHEUS_TEST_ENV_LABEL", "v1").spawn().unwrap();
-        let got = env_labels(child.id() as i32, &["APPTHEUS_TEST_ENV_LABEL".to_string()]);
+        // Until the child has exec'd, /proc shows the environment it inherited: wait for that.
+        let wanted = ["APPTHEUS_TEST_ENV_LABEL".to_string()];
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got = env_labels(child.id() as i32, &wanted);
+            if !got.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(got, vec![("apptheus_test_env_label".to_string(), "v1".to_string())]);
