@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         use core::mem::size_of;
-        assert_eq!(size_of::<CgroupCounters>(), 8 * (10 + RUNQ_SLOTS));
+        assert_eq!(size_of::<CgroupCounters>(), 8 * (11 + RUNQ_SLOTS));
         assert_eq!(size_of::<RunqStart>(), 16);
         assert_eq!(size_of::<KernelOffsets>(), 4 * 5);
     }
