@@ -169,6 +169,14 @@ async fn reply(stream: &mut UnixStream, ack: &Ack) {
     }
 }
 
+/// The pids of the smallest of `dirs`' cgroups (None when none can be read).
+fn smallest_procs(dirs: &[std::path::PathBuf]) -> Option<Vec<i32>> {
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .map(|text| crate::kernfs::pids(&text).flatten().filter(|p| *p > 0).collect::<Vec<i32>>())
+        .min_by_key(Vec::len)
+}
+
 enum PlaceError {
     Refused(Refusal),
     Failed(anyhow::Error),
@@ -211,8 +219,14 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
         }
     }
     // The launcher may still be forking while we move: repeat until a scan finds nothing new.
+    // Descendants not moved yet are in the launcher's original cgroups: look among the
+    // processes of the smallest of them rather than all of /proc.
     for _ in 0..16 {
-        let fresh: Vec<i32> = crate::proctree::descendants(peer.pid).into_iter().filter(|p| !moved.contains(p)).collect();
+        let fresh: Vec<i32> = match smallest_procs(&origin) {
+            Some(candidates) => crate::proctree::descendants_among(peer.pid, &candidates),
+            None => crate::proctree::descendants(peer.pid),
+        };
+        let fresh: Vec<i32> = fresh.into_iter().filter(|p| !moved.contains(p)).collect();
         if fresh.is_empty() {
             break;
         }
