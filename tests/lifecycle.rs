@@ -147,7 +147,7 @@ fn env_labels_come_from_the_launcher_environment() {
         extra: vec!["--metrics.env-labels=SLURM_JOB_ID,SLURM_JOB_USER,NOT_SET".into()],
         ..Default::default()
     });
-    let launcher = Command::new(BIN)
+    let mut launcher = Command::new(BIN)
         .args(["exec", &format!("--socket.path={}", agent.socket.display()), "--", "sleep", "10"])
         .env("SLURM_JOB_ID", "4242")
         .env("SLURM_JOB_USER", "alice")
@@ -165,5 +165,7 @@ fn env_labels_come_from_the_launcher_environment() {
     assert_eq!(labels.get("slurm_job_id").map(String::as_str), Some("4242"));
     assert_eq!(labels.get("slurm_job_user").map(String::as_str), Some("alice"));
     assert!(!labels.contains_key("not_set"));
-    assert_eq!(m.one("memory_usage", &[("job", &id), ("slurm_job_id", "4242")]).is_some(), true);
+    assert!(m.one("memory_usage", &[("job", &id), ("slurm_job_id", "4242")]).is_some());
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
 }

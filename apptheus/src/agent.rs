@@ -45,7 +45,10 @@ impl Agent {
 /// (or after removing what was), so a failed start leaves nothing behind.
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
-    raise_fd_limit();
+    let fds = raise_fd_limit();
+    // Keep cgroup files open for sampling within half of what is left after a reserve for
+    // launcher connections, HTTP and the rest.
+    cgroup::set_open_file_budget(fds.saturating_sub(4096) / 2);
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;
     let web = crate::http::bind(&args).await?;
@@ -172,15 +175,19 @@ async fn wait_for_signal() -> Result<()> {
 
 /// Each container holds its launcher's connection open, so allow as many descriptors as the
 /// hard limit permits (systemd's default soft limit of 1024 would cap containers near that).
-fn raise_fd_limit() {
+/// Returns the soft limit in force.
+fn raise_fd_limit() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
         if let Err(err) = setrlimit(Resource::Nofile, limit) {
             tracing::warn!(%err, "cannot raise the open-file limit");
+            limit.current = before;
         }
     }
+    limit.current.map(|n| n as usize).unwrap_or(1 << 20)
 }
 
 /// Root with the capabilities that moving other users' processes between cgroups and reading

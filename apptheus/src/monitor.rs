@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use tokio::time::MissedTickBehavior;
 
 use crate::agent::Agent;
-use crate::cgroup::{self, ContainerCgroup, Timed};
+use crate::cgroup::{self, CgroupFiles, ContainerCgroup, Timed};
 use crate::ebpf::EbpfCounters;
 
 /// Sample `cg` until no process is left in it, then freeze its series and remove it.
@@ -19,6 +19,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
         id: ebpf_watch(&agent, &id, &cg),
         base: agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default(),
     };
+    let mut files = CgroupFiles::new();
     let mut ticker = tokio::time::interval(agent.interval);
     // After a stall, carry on at the interval instead of sampling in a burst.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -27,12 +28,12 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
             _ = ticker.tick() => {}
             _ = agent.shutdown.cancelled() => return,
         }
-        match cg.is_populated() {
-            Ok(true) => sample_once(&agent, &id, &cg, &ebpf),
+        match cg.is_populated(&mut files) {
+            Ok(true) => sample_once(&agent, &id, &cg, &mut files, &ebpf),
             Ok(false) => {
                 // The cgroup still holds the final figures until it is removed: a job shorter
                 // than one interval is still accounted.
-                sample_once(&agent, &id, &cg, &ebpf);
+                sample_once(&agent, &id, &cg, &mut files, &ebpf);
                 break;
             }
             Err(err) => {
@@ -45,6 +46,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
     if let Some(cgid) = ebpf.id {
         agent.ebpf().unwatch(cgid);
     }
+    drop(files); // the descriptors keep the cgroup's files open; close them before rmdir
     finish(&agent, &id, cg).await;
 }
 
@@ -81,9 +83,9 @@ pub fn ebpf_watch(agent: &Agent, id: &str, cg: &ContainerCgroup) -> Option<u64> 
     }
 }
 
-fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, ebpf: &EbpfTrack) {
+fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) {
     let start = Instant::now();
-    let (mut sample, errors) = cgroup::sample(&agent.collectors, cg);
+    let (mut sample, errors) = cgroup::sample(&agent.collectors, cg, files);
     if let Some(cgid) = ebpf.id {
         sample.ebpf = agent.ebpf().read(cgid).map(|c| c.continued_from(&ebpf.base));
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::files::CgroupFiles;
 use super::layout::{Hierarchy, Layout, Mode, Version, V2_CONTROLLERS};
 use crate::kernfs;
 
@@ -163,10 +164,12 @@ impl ContainerCgroup {
     }
 
     /// Does any process remain (in this cgroup or below it)?
-    pub fn is_populated(&self) -> io::Result<bool> {
+    pub fn is_populated(&self, files: &mut CgroupFiles) -> io::Result<bool> {
         if let Some(dir) = self.unified_dir() {
-            let text = std::fs::read_to_string(dir.join("cgroup.events"))?;
-            for item in kernfs::flat_keyed(&text) {
+            let text = files
+                .read(dir, "cgroup.events")?
+                .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "cgroup.events is gone"))?;
+            for item in kernfs::flat_keyed(text) {
                 let (key, value) = item.map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
                 if key == "populated" {
                     return Ok(value != 0);

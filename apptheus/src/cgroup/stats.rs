@@ -2,12 +2,12 @@
 //! reading only the files it needs and parsing them with `crate::kernfs`.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use super::layout::{Layout, Mode};
 use super::placement::ContainerCgroup;
+use super::files::CgroupFiles;
 use super::sample::{DeviceIo, Sample};
 use crate::kernfs::{self, Limit, ParseError};
 
@@ -16,7 +16,7 @@ pub trait Collector: Send + Sync {
     /// Short name of the source, used in logs and the `source` label of sample errors.
     fn name(&self) -> &'static str;
     /// Fill in this source's part of `out`. Files the kernel does not have are skipped.
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError>;
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +52,15 @@ pub fn collectors_for(layout: &Layout) -> Vec<Box<dyn Collector>> {
 }
 
 /// Run every collector; a failing source is reported and the others still fill their part.
-pub fn sample(collectors: &[Box<dyn Collector>], cg: &ContainerCgroup) -> (Sample, Vec<(&'static str, CollectError)>) {
+pub fn sample(
+    collectors: &[Box<dyn Collector>],
+    cg: &ContainerCgroup,
+    files: &mut CgroupFiles,
+) -> (Sample, Vec<(&'static str, CollectError)>) {
     let mut sample = Sample::default();
     let mut errors = Vec::new();
     for c in collectors {
-        if let Err(e) = c.collect(cg, &mut sample) {
+        if let Err(e) = c.collect(cg, files, &mut sample) {
             errors.push((c.name(), e));
         }
     }
@@ -64,25 +68,30 @@ pub fn sample(collectors: &[Box<dyn Collector>], cg: &ContainerCgroup) -> (Sampl
 }
 
 /// Read a cgroup file; `None` when this kernel does not provide it.
-fn read(dir: &Path, file: &str) -> Result<Option<String>, CollectError> {
-    let path = dir.join(file);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(CollectError::Read { path, err }),
-    }
+fn read<'f>(files: &'f mut CgroupFiles, dir: &Path, file: &'static str) -> Result<Option<&'f str>, CollectError> {
+    files.read(dir, file).map_err(|err| CollectError::Read { path: dir.join(file), err })
 }
 
 /// Read and parse one file; `None` when absent.
-fn read_with<T>(dir: &Path, file: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Result<Option<T>, CollectError> {
-    match read(dir, file)? {
+fn read_with<T>(
+    files: &mut CgroupFiles,
+    dir: &Path,
+    file: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, CollectError> {
+    match read(files, dir, file)? {
         None => Ok(None),
-        Some(text) => parse(&text).map(Some).map_err(|err| CollectError::Parse { path: dir.join(file), err }),
+        Some(text) => parse(text).map(Some).map_err(|err| CollectError::Parse { path: dir.join(file), err }),
     }
 }
 
-fn flat<const N: usize>(dir: &Path, file: &str, keys: &[&str; N]) -> Result<[Option<u64>; N], CollectError> {
-    Ok(read_with(dir, file, |t| kernfs::flat_keyed_get(t, keys))?.unwrap_or([None; N]))
+fn flat<const N: usize>(
+    files: &mut CgroupFiles,
+    dir: &Path,
+    file: &'static str,
+    keys: &[&str; N],
+) -> Result<[Option<u64>; N], CollectError> {
+    Ok(read_with(files, dir, file, |t| kernfs::flat_keyed_get(t, keys))?.unwrap_or([None; N]))
 }
 
 fn usec_to_ns(v: Option<u64>) -> Option<u64> {
@@ -95,17 +104,17 @@ impl Collector for CpuV1 {
     fn name(&self) -> &'static str {
         "cpu"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         if let Some(dir) = cg.v1_dir("cpuacct") {
-            out.cpu.usage_ns = read_with(dir, "cpuacct.usage", kernfs::parse_u64)?;
+            out.cpu.usage_ns = read_with(files, dir, "cpuacct.usage", kernfs::parse_u64)?;
             // cpuacct.stat counts USER_HZ ticks.
-            let [user, system] = flat(dir, "cpuacct.stat", &["user", "system"])?;
+            let [user, system] = flat(files, dir, "cpuacct.stat", &["user", "system"])?;
             let tick_ns = 1_000_000_000 / clock_ticks_per_second();
             out.cpu.user_ns = user.map(|t| t.saturating_mul(tick_ns));
             out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
         }
         if let Some(dir) = cg.v1_dir("cpu") {
-            let [periods, throttled, throttled_ns] = flat(dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
+            let [periods, throttled, throttled_ns] = flat(files, dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
             out.cpu.periods = periods;
             out.cpu.throttled_periods = throttled;
             out.cpu.throttled_ns = throttled_ns;
@@ -120,9 +129,10 @@ impl Collector for CpuV2 {
     fn name(&self) -> &'static str {
         "cpu"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.unified_dir() else { return Ok(()) };
         let [usage, user, system, periods, throttled, throttled_us] = flat(
+            files,
             dir,
             "cpu.stat",
             &["usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec"],
@@ -143,30 +153,30 @@ impl Collector for MemoryV1 {
     fn name(&self) -> &'static str {
         "memory"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.v1_dir("memory") else { return Ok(()) };
         let m = &mut out.memory;
-        m.usage_bytes = read_with(dir, "memory.usage_in_bytes", kernfs::parse_u64)?;
+        m.usage_bytes = read_with(files, dir, "memory.usage_in_bytes", kernfs::parse_u64)?;
         let [rss, cache, inactive_file, swap] =
-            flat(dir, "memory.stat", &["total_rss", "total_cache", "total_inactive_file", "total_swap"])?;
+            flat(files, dir, "memory.stat", &["total_rss", "total_cache", "total_inactive_file", "total_swap"])?;
         m.rss_bytes = rss;
         m.cache_bytes = cache;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
-        m.failcnt = read_with(dir, "memory.failcnt", kernfs::parse_u64)?;
-        m.limit = read_with(dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
+        m.failcnt = read_with(files, dir, "memory.failcnt", kernfs::parse_u64)?;
+        m.limit = read_with(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
         // memsw counts memory + swap; swap alone is the difference.
-        let memsw_usage = read_with(dir, "memory.memsw.usage_in_bytes", kernfs::parse_u64)?;
+        let memsw_usage = read_with(files, dir, "memory.memsw.usage_in_bytes", kernfs::parse_u64)?;
         m.swap_bytes = match (memsw_usage, m.usage_bytes) {
             (Some(both), Some(mem)) => Some(both.saturating_sub(mem)),
             _ => swap,
         };
-        let memsw_limit = read_with(dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
+        let memsw_limit = read_with(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
         m.swap_limit = match (memsw_limit, m.limit) {
             (Some(Limit::Value(both)), Some(Limit::Value(mem))) => Some(Limit::Value(both.saturating_sub(mem))),
             (Some(_), _) => Some(Limit::Unlimited),
             (None, _) => None,
         };
-        let [oom_kill] = flat(dir, "memory.oom_control", &["oom_kill"])?;
+        let [oom_kill] = flat(files, dir, "memory.oom_control", &["oom_kill"])?;
         m.oom_kills = oom_kill;
         Ok(())
     }
@@ -178,19 +188,19 @@ impl Collector for MemoryV2 {
     fn name(&self) -> &'static str {
         "memory"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.unified_dir() else { return Ok(()) };
         let m = &mut out.memory;
-        m.usage_bytes = read_with(dir, "memory.current", kernfs::parse_u64)?;
-        let [anon, file, inactive_file] = flat(dir, "memory.stat", &["anon", "file", "inactive_file"])?;
+        m.usage_bytes = read_with(files, dir, "memory.current", kernfs::parse_u64)?;
+        let [anon, file, inactive_file] = flat(files, dir, "memory.stat", &["anon", "file", "inactive_file"])?;
         m.rss_bytes = anon;
         m.cache_bytes = file;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
-        m.swap_bytes = read_with(dir, "memory.swap.current", kernfs::parse_u64)?;
-        m.limit = read_with(dir, "memory.max", kernfs::parse_limit)?;
-        m.swap_limit = read_with(dir, "memory.swap.max", kernfs::parse_limit)?;
+        m.swap_bytes = read_with(files, dir, "memory.swap.current", kernfs::parse_u64)?;
+        m.limit = read_with(files, dir, "memory.max", kernfs::parse_limit)?;
+        m.swap_limit = read_with(files, dir, "memory.swap.max", kernfs::parse_limit)?;
         // v2 has no failcnt; runc and cAdvisor report memory.events "max" (times the limit was hit).
-        let [max_hits, oom_kill] = flat(dir, "memory.events", &["max", "oom_kill"])?;
+        let [max_hits, oom_kill] = flat(files, dir, "memory.events", &["max", "oom_kill"])?;
         m.failcnt = max_hits;
         m.oom_kills = oom_kill;
         Ok(())
@@ -205,11 +215,11 @@ impl Collector for Pids {
     fn name(&self) -> &'static str {
         "pids"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let dir = if self.v1 { cg.v1_dir("pids") } else { cg.unified_dir() };
         let Some(dir) = dir else { return Ok(()) };
-        out.pids.current = read_with(dir, "pids.current", kernfs::parse_u64)?;
-        out.pids.limit = read_with(dir, "pids.max", kernfs::parse_limit)?;
+        out.pids.current = read_with(files, dir, "pids.current", kernfs::parse_u64)?;
+        out.pids.limit = read_with(files, dir, "pids.max", kernfs::parse_limit)?;
         Ok(())
     }
 }
@@ -220,9 +230,9 @@ impl Collector for Processes {
     fn name(&self) -> &'static str {
         "processes"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.unified_dir().or_else(|| cg.v1_dir("memory")) else { return Ok(()) };
-        out.processes = read_with(dir, "cgroup.procs", |t| kernfs::pid_count(t).map(|n| n as u64))?;
+        out.processes = read_with(files, dir, "cgroup.procs", |t| kernfs::pid_count(t).map(|n| n as u64))?;
         Ok(())
     }
 }
@@ -233,14 +243,14 @@ impl Collector for BlkioV1 {
     fn name(&self) -> &'static str {
         "blkio"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.v1_dir("blkio") else { return Ok(()) };
         let mut by_dev: Vec<((u32, u32), DeviceIo)> = Vec::new();
         for (file, bytes) in
             [("blkio.throttle.io_service_bytes_recursive", true), ("blkio.throttle.io_serviced_recursive", false)]
         {
-            let Some(text) = read(dir, file)? else { continue };
-            for entry in kernfs::blkio_v1(&text) {
+            let Some(text) = read(files, dir, file)? else { continue };
+            for entry in kernfs::blkio_v1(text) {
                 let e = entry.map_err(|err| CollectError::Parse { path: dir.join(file), err })?;
                 let key = (e.device.major, e.device.minor);
                 let slot = match by_dev.iter_mut().find(|(k, _)| *k == key) {
@@ -270,10 +280,10 @@ impl Collector for IoV2 {
     fn name(&self) -> &'static str {
         "io"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.unified_dir() else { return Ok(()) };
-        let Some(text) = read(dir, "io.stat")? else { return Ok(()) };
-        for line in kernfs::io_stat(&text) {
+        let Some(text) = read(files, dir, "io.stat")? else { return Ok(()) };
+        for line in kernfs::io_stat(text) {
             let s = line.map_err(|err| CollectError::Parse { path: dir.join("io.stat"), err })?;
             let mut io = empty_io((s.device.major, s.device.minor));
             io.read_bytes = s.rbytes;
@@ -292,11 +302,11 @@ impl Collector for Psi {
     fn name(&self) -> &'static str {
         "pressure"
     }
-    fn collect(&self, cg: &ContainerCgroup, out: &mut Sample) -> Result<(), CollectError> {
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
         let Some(dir) = cg.unified_dir() else { return Ok(()) };
-        out.pressure.cpu = read_with(dir, "cpu.pressure", kernfs::psi)?;
-        out.pressure.memory = read_with(dir, "memory.pressure", kernfs::psi)?;
-        out.pressure.io = read_with(dir, "io.pressure", kernfs::psi)?;
+        out.pressure.cpu = read_with(files, dir, "cpu.pressure", kernfs::psi)?;
+        out.pressure.memory = read_with(files, dir, "memory.pressure", kernfs::psi)?;
+        out.pressure.io = read_with(files, dir, "io.pressure", kernfs::psi)?;
         Ok(())
     }
 }
@@ -360,7 +370,7 @@ mod tests {
     fn pure_v2_fixture_tree_samples_every_source() {
         let (layout, cg) = v2_fixture_tree();
         let collectors = collectors_for(&layout);
-        let (s, errors) = sample(&collectors, &cg);
+        let (s, errors) = sample(&collectors, &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(cg.path, "/fixtures/v2");
         assert_eq!(s.cpu.usage_ns, Some(2_412_345_000));
@@ -402,7 +412,7 @@ mod tests {
             }],
         };
         let cg = ContainerCgroup::at(&layout, "c");
-        let (s, errors) = sample(&collectors_for(&layout), &cg);
+        let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.memory.usage_bytes, Some(4096));
         assert_eq!(s.cpu.usage_ns, None);
@@ -428,7 +438,7 @@ mod tests {
             }],
         };
         let cg = ContainerCgroup::at(&layout, "c");
-        let (s, errors) = sample(&collectors_for(&layout), &cg);
+        let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, "cpu");
         assert!(errors[0].1.to_string().contains("cpu.stat"), "{}", errors[0].1);
