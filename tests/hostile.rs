@@ -174,7 +174,7 @@ fn a_cgroup_removed_by_someone_else_ends_only_that_container() {
     }
     let mut agent = Agent::start();
     let mut victim = agent.exec(&["sleep", "30"]);
-    let survivor = agent.exec(&["sleep", "30"]);
+    let mut survivor = agent.exec(&["sleep", "30"]);
     let (victim_id, survivor_id) = (id_of(&victim), id_of(&survivor));
     wait_for(Duration::from_secs(10), "both placed", || {
         let m = agent.scrape();
@@ -203,6 +203,8 @@ fn a_cgroup_removed_by_someone_else_ends_only_that_container() {
     assert!(m.one("container_last_seen", &[("name", &survivor_id)]).unwrap() > seen, "survivor no longer sampled");
     assert_eq!(m.one("apptheus_containers", &[]), Some(1.0));
     assert!(agent.child.as_mut().unwrap().try_wait().unwrap().is_none(), "agent died");
+    survivor.kill().unwrap();
+    survivor.wait().unwrap();
 }
 
 #[test]
@@ -295,7 +297,7 @@ fn http_abuse_is_answered_with_a_status_and_bounded() {
         return;
     }
     let mut agent = Agent::start_with(AgentOptions { extra: vec!["--web.route-prefix=/apptheus".into()], ..Default::default() });
-    let _container = agent.exec(&["sleep", "20"]);
+    let mut container = agent.exec(&["sleep", "20"]);
     let port = agent.port;
     // Very long path, unknown method, path traversal out of the route prefix, NUL and junk.
     let long = format!("/apptheus/{}", "a".repeat(64 * 1024));
@@ -329,4 +331,6 @@ fn http_abuse_is_answered_with_a_status_and_bounded() {
     let rss = m.one("process_resident_memory_bytes", &[]).unwrap();
     assert!(rss < 64.0 * 1024.0 * 1024.0, "agent RSS {rss}");
     assert!(agent.child.as_mut().unwrap().try_wait().unwrap().is_none(), "agent died");
+    container.kill().unwrap();
+    container.wait().unwrap();
 }
