@@ -72,6 +72,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     store.end_all_except(&adopted, SystemTime::now());
 
     let ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable });
+    crate::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
     telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs());

@@ -22,6 +22,7 @@ pub mod ebpf;
 pub mod exec;
 pub mod exposition;
 pub mod gateway;
+pub mod heap;
 pub mod http;
 pub mod kernfs;
 pub mod logging;

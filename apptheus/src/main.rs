@@ -26,9 +26,17 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
+    apptheus::heap::limit_arenas();
     apptheus::logging::init(args.log_level, args.log_format);
     let workers = std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        // Placement and cgroup removal run on blocking threads; a burst of launchers must not
+        // leave hundreds of idle threads (and their stacks) behind.
+        .max_blocking_threads(8)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("apptheus: cannot start the runtime: {err}");

@@ -162,6 +162,9 @@ pub fn render(agent: &Agent, format: Format, gzip: bool) -> anyhow::Result<Vec<u
         Format::Protobuf => ProtobufEncoder::new().encode(&families, &mut body)?,
         Format::OpenMetrics(_) => body = openmetrics::encode(&families).into_bytes(),
     }
+    drop(families);
+    // A scrape of thousands of series allocates megabytes for a moment: hand them back.
+    crate::heap::release_free_memory();
     if !gzip {
         return Ok(body);
     }
