@@ -52,10 +52,18 @@ pub struct Outcome {
 }
 
 pub fn run(args: FuzzArgs) -> Result<()> {
-    let seconds = if args.ci { CI_SECONDS } else { args.seconds.unwrap_or(DEFAULT_SECONDS) };
+    let seconds = if args.ci {
+        CI_SECONDS
+    } else {
+        args.seconds.unwrap_or(DEFAULT_SECONDS)
+    };
     let outcomes = fuzz(seconds, args.jobs, &args.targets)?;
     let failed = outcomes.iter().filter(|o| !o.passed).count();
-    println!("fuzz: {} targets, {} passed, {failed} failed ({seconds} s each)", outcomes.len(), outcomes.len() - failed);
+    println!(
+        "fuzz: {} targets, {} passed, {failed} failed ({seconds} s each)",
+        outcomes.len(),
+        outcomes.len() - failed
+    );
     if failed > 0 {
         bail!("{failed} fuzz target(s) failed; inputs in fuzz/artifacts/, see above");
     }
@@ -73,13 +81,16 @@ pub fn fuzz(seconds: u64, jobs: u32, only: &[String]) -> Result<Vec<Outcome>> {
     let all = list_targets(&fuzz_dir)?;
     for name in only {
         if !all.contains(name) {
-            bail!("no fuzz target {name:?}; the targets are: {}", all.join(", "));
+            bail!(
+                "no fuzz target {name:?}; the targets are: {}",
+                all.join(", ")
+            );
         }
     }
     let targets: Vec<String> = if only.is_empty() { all } else { only.to_vec() };
 
     let started = Instant::now();
-    println!("fuzz: building {} targets (fuzz/target)", targets.len());
+    println!("fuzz: building the fuzz targets (fuzz/target, nightly, AddressSanitizer)");
     let _ = std::io::stdout().flush();
     let mut build = cargo_fuzz(&fuzz_dir, "build");
     build.args(BUILD_FLAGS);
@@ -105,7 +116,14 @@ pub fn fuzz(seconds: u64, jobs: u32, only: &[String]) -> Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
-fn run_target(root: &Path, fuzz_dir: &Path, logs: &Path, target: &str, seconds: u64, jobs: u32) -> Result<Outcome> {
+fn run_target(
+    root: &Path,
+    fuzz_dir: &Path,
+    logs: &Path,
+    target: &str,
+    seconds: u64,
+    jobs: u32,
+) -> Result<Outcome> {
     let corpus = fuzz_dir.join("corpus").join(target);
     fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let artifacts = fuzz_dir.join("artifacts").join(target);
@@ -120,7 +138,8 @@ fn run_target(root: &Path, fuzz_dir: &Path, logs: &Path, target: &str, seconds: 
     dirs.push(root.join("apptheus/tests/fixtures"));
 
     let log_path = logs.join(format!("{target}.log"));
-    let log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = cargo_fuzz(fuzz_dir, "run");
     cmd.args(BUILD_FLAGS).arg(target).args(&dirs).arg("--");
     cmd.arg(format!("-max_total_time={seconds}"))
@@ -142,17 +161,36 @@ fn run_target(root: &Path, fuzz_dir: &Path, logs: &Path, target: &str, seconds: 
     let text = fs::read_to_string(&log_path).unwrap_or_default();
 
     if status.success() {
-        return Ok(Outcome { target: target.into(), passed: true, summary: format!("ok ({})", stats(&text)) });
+        return Ok(Outcome {
+            target: target.into(),
+            passed: true,
+            summary: format!("ok ({})", stats(&text)),
+        });
     }
-    let new: Vec<PathBuf> = files_in(&artifacts).into_iter().filter(|f| !before.contains(f)).collect();
+    // libFuzzer names the input it saved; a crash seen before keeps its old file name.
+    let written = text.lines().rev().find_map(|l| {
+        let path = l.split("Test unit written to ").nth(1)?;
+        Some(PathBuf::from(path.trim()))
+    });
+    let new: Vec<PathBuf> = written
+        .into_iter()
+        .chain(
+            files_in(&artifacts)
+                .into_iter()
+                .filter(|f| !before.contains(f)),
+        )
+        .collect();
     // The failure itself, for the CI log: the panic or sanitizer report, without the
     // recommended dictionary libFuzzer prints after it.
     let report: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with('"') && !l.contains("recommended dictionary"))
         .collect();
-    eprintln!("---- fuzz {target}: {status}; last lines of {} ----", log_path.display());
-    for line in &report[report.len().saturating_sub(40)..] {
+    eprintln!(
+        "---- fuzz {target}: {status}; from {} ----",
+        log_path.display()
+    );
+    for line in failure_report(&report) {
         eprintln!("{line}");
     }
     let summary = match new.first() {
@@ -165,20 +203,71 @@ fn run_target(root: &Path, fuzz_dir: &Path, logs: &Path, target: &str, seconds: 
             );
             format!("FAILED: {} ({status})", rel.display())
         }
-        None => format!("FAILED ({status}, no input saved; see {})", log_path.display()),
+        None => format!(
+            "FAILED ({status}, no input saved; see {})",
+            log_path.display()
+        ),
     };
-    Ok(Outcome { target: target.into(), passed: false, summary })
+    Ok(Outcome {
+        target: target.into(),
+        passed: false,
+        summary,
+    })
 }
 
-/// "1234567 runs, corpus 321": from libFuzzer's `Done N runs` and last `corp:` figures.
+/// The lines worth showing of a failed run: from the panic or sanitizer report on (at most 50
+/// lines, a backtrace is long), then libFuzzer's lines naming the saved input.
+fn failure_report<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    const MARKS: &[&str] = &[
+        "panicked at",
+        "ERROR: ",
+        "==ERROR",
+        "ALARM: working on the last Unit",
+        "out-of-memory",
+    ];
+    const SAVED: &[&str] = &["Test unit written to", "Base64:", "SUMMARY:"];
+    let Some(start) = lines
+        .iter()
+        .position(|l| MARKS.iter().any(|m| l.contains(m)))
+    else {
+        return lines[lines.len().saturating_sub(40)..].to_vec();
+    };
+    let end = (start + 50).min(lines.len());
+    let mut out = lines[start..end].to_vec();
+    let saved: Vec<&str> = lines[end..]
+        .iter()
+        .copied()
+        .filter(|l| SAVED.iter().any(|m| l.contains(m)))
+        .collect();
+    if end < lines.len() {
+        out.push("...");
+    }
+    out.extend(saved);
+    out
+}
+
+/// "1234567 runs, corpus 321": from libFuzzer's `Done N runs` (or, with `-fork`, its last
+/// `#N:` status line) and last `corp:` figure.
 fn stats(log: &str) -> String {
-    let runs = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("Done ")?.split_whitespace().next().map(str::to_owned));
+    let done = log.lines().rev().find_map(|l| {
+        l.strip_prefix("Done ")?
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    });
+    let runs = done.or_else(|| {
+        log.lines().rev().find_map(|l| {
+            let digits: String = l
+                .strip_prefix('#')?
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            (!digits.is_empty()).then_some(digits)
+        })
+    });
     let corpus = log.lines().rev().find_map(|l| {
         let rest = l.split(" corp: ").nth(1)?;
-        rest.split('/').next().map(str::to_owned)
+        rest.split(['/', ' ']).next().map(str::to_owned)
     });
     match (runs, corpus) {
         (Some(r), Some(c)) => format!("{r} runs, corpus {c}"),
@@ -197,12 +286,19 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 /// The targets as cargo-fuzz sees them (every `[[bin]]` of fuzz/Cargo.toml).
 fn list_targets(fuzz_dir: &Path) -> Result<Vec<String>> {
-    let out = cargo_fuzz(fuzz_dir, "list").stderr(Stdio::inherit()).output().context("starting cargo fuzz list")?;
+    let out = cargo_fuzz(fuzz_dir, "list")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting cargo fuzz list")?;
     if !out.status.success() {
         bail!("cargo fuzz list failed ({})", out.status);
     }
-    let targets: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let targets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     if targets.is_empty() {
         bail!("fuzz/Cargo.toml has no fuzz target");
     }
@@ -212,7 +308,8 @@ fn list_targets(fuzz_dir: &Path) -> Result<Vec<String>> {
 /// `rustup run nightly cargo fuzz <sub> --fuzz-dir fuzz`, isolated from the caller's cargo.
 fn cargo_fuzz(fuzz_dir: &Path, sub: &str) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", TOOLCHAIN, "cargo", "fuzz", sub, "--fuzz-dir"]).arg(fuzz_dir);
+    cmd.args(["run", TOOLCHAIN, "cargo", "fuzz", sub, "--fuzz-dir"])
+        .arg(fuzz_dir);
     cmd.current_dir(fuzz_dir.parent().unwrap_or(fuzz_dir));
     // `cargo xtask` runs under the stable cargo; none of its settings may leak into the
     // nightly build (a different target dir or RUSTFLAGS would also force full rebuilds).
@@ -243,7 +340,14 @@ fn ensure_tools() -> Result<()> {
         .context("running rustup (the fuzz targets need rustup and a nightly toolchain)")?
         .success();
     if !has_nightly {
-        run_install(Command::new("rustup").args(["toolchain", "install", TOOLCHAIN, "--profile", "minimal", "--no-self-update"]))?;
+        run_install(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--no-self-update",
+        ]))?;
     }
     let has_cargo_fuzz = Command::new("rustup")
         .args(["run", TOOLCHAIN, "cargo", "fuzz", "--version"])
@@ -253,7 +357,14 @@ fn ensure_tools() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !has_cargo_fuzz {
-        run_install(Command::new("rustup").args(["run", TOOLCHAIN, "cargo", "install", "cargo-fuzz", "--locked"]))?;
+        run_install(Command::new("rustup").args([
+            "run",
+            TOOLCHAIN,
+            "cargo",
+            "install",
+            "cargo-fuzz",
+            "--locked",
+        ]))?;
     }
     Ok(())
 }
@@ -284,5 +395,35 @@ mod tests {
                    Done 503003 runs in 11 second(s)\n";
         assert_eq!(stats(log), "503003 runs, corpus 212");
         assert_eq!(stats("nothing"), "no stats");
+        let fork = "#88855: cov: 155 ft: 699 corp: 211 exec/s: 14166 oom/timeout/crash: 0/0/0 time: 3s job: 2\n\
+                    #137423: cov: 155 ft: 699 corp: 212 exec/s: 12142 oom/timeout/crash: 0/0/0 time: 6s job: 3\n\
+                    INFO: exiting: 0 time: 6s\n";
+        assert_eq!(stats(fork), "137423 runs, corpus 212");
+    }
+
+    #[test]
+    fn failure_report_shows_the_panic_and_the_saved_input() {
+        let mut lines = vec!["#1 INITED", "#2 NEW"];
+        lines.push("thread '<unnamed>' panicked at fuzz_targets/psi.rs:15:21:");
+        lines.push("average inf");
+        lines.extend(std::iter::repeat_n("   frame", 100));
+        lines.push("Test unit written to fuzz/artifacts/psi/crash-1");
+        lines.extend(std::iter::repeat_n("   cargo-fuzz frame", 10));
+        let shown = failure_report(&lines);
+        assert_eq!(shown[0], lines[2]);
+        assert_eq!(shown[1], "average inf");
+        assert!(shown.contains(&"..."));
+        assert_eq!(
+            shown.last(),
+            Some(&"Test unit written to fuzz/artifacts/psi/crash-1")
+        );
+        assert!(shown.len() < 60);
+
+        let short = ["a", "thread panicked at x", "b", "Test unit written to y"];
+        assert_eq!(
+            failure_report(&short),
+            vec!["thread panicked at x", "b", "Test unit written to y"]
+        );
+        assert_eq!(failure_report(&["x", "y"]), vec!["x", "y"]);
     }
 }

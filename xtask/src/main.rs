@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod ebpf;
+mod fuzz;
 mod test;
 mod vm;
 
@@ -24,6 +25,8 @@ enum Task {
     VmTest(vm::VmArgs),
     /// Run every test: the README's test command, as CI runs it (as root).
     Test(test::TestArgs),
+    /// Run every cargo-fuzz target (fuzz/) for a while each: 60 s, `--seconds N`, `--ci` 10 s.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +35,6 @@ fn main() -> Result<()> {
         Task::BuildEbpf(args) => ebpf::build(args),
         Task::VmTest(args) => vm::run(args),
         Task::Test(args) => test::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }

@@ -23,6 +23,12 @@ struct Totals {
 
 pub fn run(args: TestArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The shipped eBPF object must be what its sources build (installs the toolchain if needed).
+    let fresh = crate::ebpf::build(crate::ebpf::BuildArgs { check: true });
+    if let Err(err) = &fresh {
+        eprintln!("build-ebpf --check: {err:#}");
+    }
+    println!("test ebpf_object_is_fresh ... {}", if fresh.is_ok() { "ok" } else { "FAILED" });
     let mut child = Command::new(&cargo)
         .args(["test", "--workspace", "--locked", "--no-fail-fast"])
         .args(&args.cargo_args)
@@ -37,16 +43,71 @@ pub fn run(args: TestArgs) -> Result<()> {
         add_result_line(&mut totals, &line);
     }
     let status = child.wait().context("waiting for cargo test")?;
+    let cargo_passed = totals.passed;
+    // Every fuzz target for the short CI budget, each counted as one test.
+    let fuzz_failed = run_fuzz(&mut totals);
+    if fresh.is_ok() {
+        totals.passed += 1;
+    } else {
+        totals.failed += 1;
+    }
     // Skipped privileged tests print "SKIP" but count as passed in cargo's tally; with
     // APPTHEUS_REQUIRE_PRIVILEGED=1 they fail instead, so there are none in CI.
     println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     if !status.success() {
         bail!("cargo test failed ({status})");
     }
-    if totals.passed == 0 {
+    if fresh.is_err() {
+        bail!("the shipped eBPF object is stale: run `cargo xtask build-ebpf` and commit apptheus/src/ebpf/prebuilt/");
+    }
+    if cargo_passed == 0 {
         bail!("cargo test ran no test");
     }
+    if fuzz_failed > 0 {
+        bail!("fuzzing failed ({fuzz_failed} failure(s) above; crashing inputs in fuzz/artifacts/)");
+    }
     Ok(())
+}
+
+/// After the tests: every fuzz target (fuzz/, `cargo xtask fuzz`) for the short CI budget, each
+/// target counted as one test. `APPTHEUS_FUZZ_SECONDS=N` changes the budget per target; `0`
+/// skips fuzzing (one skipped test). Returns the number of failures; a harness that cannot
+/// build or run counts as one.
+fn run_fuzz(totals: &mut Totals) -> u64 {
+    let seconds = match std::env::var("APPTHEUS_FUZZ_SECONDS") {
+        Err(_) => crate::fuzz::CI_SECONDS,
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                println!("fuzz: FAILED: APPTHEUS_FUZZ_SECONDS={text:?} is not a number of seconds");
+                totals.failed += 1;
+                return 1;
+            }
+        },
+    };
+    if seconds == 0 {
+        println!("fuzz: skipped (APPTHEUS_FUZZ_SECONDS=0)");
+        totals.ignored += 1;
+        return 0;
+    }
+    match crate::fuzz::fuzz(seconds, 1, &[]) {
+        Ok(outcomes) => {
+            let failed = outcomes.iter().filter(|o| !o.passed).count() as u64;
+            let passed = outcomes.len() as u64 - failed;
+            println!("fuzz: {} targets, {passed} passed, {failed} failed ({seconds} s each)", outcomes.len());
+            for o in outcomes.iter().filter(|o| !o.passed) {
+                println!("fuzz {}: {}", o.target, o.summary);
+            }
+            totals.passed += passed;
+            totals.failed += failed;
+            failed
+        }
+        Err(err) => {
+            println!("fuzz: FAILED: {err:#}");
+            totals.failed += 1;
+            1
+        }
+    }
 }
 
 /// Add a `test result: ok. 14 passed; 0 failed; 0 ignored; ...` line to the totals.

@@ -247,9 +247,17 @@ impl<'de> Deserialize<'de> for StrictMap {
     }
 }
 
+/// Largest configuration file accepted.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
 /// Read and check the file. The error is one line: the file, what is wrong and where.
 pub fn load(path: &Path) -> Result<WebConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --web.config.file {}", path.display()))?;
+    // The YAML parser slows down quadratically with nesting depth (found by fuzzing); a real
+    // configuration is a few hundred bytes.
+    if text.len() > MAX_CONFIG_BYTES {
+        bail!("--web.config.file {}: {} bytes, more than the {MAX_CONFIG_BYTES} allowed", path.display(), text.len());
+    }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     parse(&text, dir).with_context(|| format!("--web.config.file {}", path.display()))
 }

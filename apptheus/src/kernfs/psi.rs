@@ -76,7 +76,8 @@ fn parse_line(line: &NestedLine<'_>) -> Result<PressureLine, ParseError> {
 }
 
 /// Parses a plain decimal like `12.34`: digits with at most one dot, no
-/// sign, exponent, `inf` or `nan`.
+/// sign, exponent, `inf` or `nan`. A number too long to be a finite `f64`
+/// (over 308 digits) is out of range, not infinity.
 fn percent(token: &str) -> Result<f64, ErrorKind> {
     let bad = || ErrorKind::NotANumber(snippet(token));
     let mut digits = 0usize;
@@ -91,7 +92,11 @@ fn percent(token: &str) -> Result<f64, ErrorKind> {
     if digits == 0 || dots > 1 {
         return Err(bad());
     }
-    token.parse::<f64>().map_err(|_| bad())
+    match token.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        Ok(_) => Err(ErrorKind::OutOfRange(snippet(token))),
+        Err(_) => Err(bad()),
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +164,22 @@ mod tests {
         assert!(matches!(e.kind, ErrorKind::NotAnInteger(_)));
         let e = psi("some avg10\n").unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadPair("avg10".into()));
+    }
+
+    /// Regression input of the `psi` fuzz target (its check that averages are finite): 309
+    /// digits or more parse as an `f64` infinity, which would be exported as a `+Inf` gauge.
+    #[test]
+    fn an_average_too_long_for_f64_is_out_of_range() {
+        let huge = format!("1{}", "0".repeat(400));
+        let e = psi(&format!(
+            "some avg10={huge} avg60=0.00 avg300=0.00 total=0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(matches!(e.kind, ErrorKind::OutOfRange(_)), "{e:?}");
+        assert!(e.to_string().len() < 200, "{e}");
+        let largest = format!("{}.5", "9".repeat(308));
+        assert!(percent(&largest).is_ok_and(f64::is_finite));
+        assert!(percent(&format!("0.{}1", "0".repeat(400))).is_ok_and(|v| v == 0.0));
     }
 }
