@@ -169,12 +169,12 @@ async fn reply(stream: &mut UnixStream, ack: &Ack) {
     }
 }
 
-/// The pids of the smallest of `dirs`' cgroups (None when none can be read).
+/// The pids of the most specific of `dirs` (the deepest cgroup: a root cgroup lists every
+/// process of the machine, so it is read only when the caller is in no other).
 fn smallest_procs(dirs: &[std::path::PathBuf]) -> Option<Vec<i32>> {
-    dirs.iter()
-        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-        .map(|text| crate::kernfs::pids(&text).flatten().filter(|p| *p > 0).collect::<Vec<i32>>())
-        .min_by_key(Vec::len)
+    let deepest = dirs.iter().max_by_key(|d| d.components().count())?;
+    let text = std::fs::read_to_string(deepest.join("cgroup.procs")).ok()?;
+    Some(crate::kernfs::pids(&text).flatten().filter(|p| *p > 0).collect())
 }
 
 enum PlaceError {
