@@ -180,12 +180,24 @@ async fn wait_for_signal() -> Result<()> {
 fn raise_fd_limit() -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
-    let before = limit.current;
+    let before = limit;
+    // As root the hard limit may be raised too (to systemd's usual 524288, within fs.nr_open),
+    // so that the sampled cgroup files of a thousand containers can stay open.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let wanted = nr_open.unwrap_or(1 << 20).min(1 << 19);
+    if limit.maximum.is_some_and(|m| m < wanted) {
+        limit.maximum = Some(wanted);
+    }
     if limit.current < limit.maximum {
         limit.current = limit.maximum;
-        if let Err(err) = setrlimit(Resource::Nofile, limit) {
-            tracing::warn!(%err, "cannot raise the open-file limit");
-            limit.current = before;
+        if setrlimit(Resource::Nofile, limit).is_err() {
+            // Without CAP_SYS_RESOURCE only the soft limit can go up, to the hard one.
+            limit = before;
+            limit.current = limit.maximum;
+            if let Err(err) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!(%err, "cannot raise the open-file limit");
+                limit = before;
+            }
         }
     }
     limit.current.map(|n| n as usize).unwrap_or(1 << 20)

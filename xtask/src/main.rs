@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod ebpf;
 mod fuzz;
+mod soak;
 mod test;
 mod vm;
 
@@ -27,6 +28,8 @@ enum Task {
     Test(test::TestArgs),
     /// Run every cargo-fuzz target (fuzz/) for a while each: 60 s, `--seconds N`, `--ci` 10 s.
     Fuzz(fuzz::FuzzArgs),
+    /// Many short container lifecycles, then proof that nothing leaked (figures in bench/RESULTS.md).
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf(args) => ebpf::build(args),
         Task::VmTest(args) => vm::run(args),
         Task::Test(args) => test::run(args),
+        Task::Soak(args) => soak::run(args),
         Task::Fuzz(args) => fuzz::run(args),
     }
 }

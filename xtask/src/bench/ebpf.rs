@@ -41,8 +41,26 @@ pub struct ProgStat {
     pub run_cnt: u64,
 }
 
-/// BPF programs held by `pid` (bpftool's `pids` field), by program id.
+/// Ids of the BPF programs `pid` holds a descriptor of (`prog_id:` in /proc/<pid>/fdinfo).
+fn prog_ids_from_fds(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return ids };
+    for e in rd.flatten() {
+        if !std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("bpf-prog")) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
+        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// BPF programs held by `pid`, by program id: bpftool's `pids` field where bpftool has it,
+/// else the program ids of the process's descriptors.
 pub fn programs_of(bpftool: &Path, pid: u32) -> Result<BTreeMap<u64, ProgStat>> {
+    let fd_ids = prog_ids_from_fds(pid);
     let out = Command::new(bpftool).args(["-j", "prog", "show"]).output().context("running bpftool")?;
     if !out.status.success() {
         bail!("bpftool prog show: {}", String::from_utf8_lossy(&out.stderr));
@@ -50,14 +68,15 @@ pub fn programs_of(bpftool: &Path, pid: u32) -> Result<BTreeMap<u64, ProgStat>> 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
     let mut map = BTreeMap::new();
     for p in v.as_array().into_iter().flatten() {
+        let id = p.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
         let owned = p
             .get("pids")
             .and_then(|a| a.as_array())
-            .is_some_and(|a| a.iter().any(|x| x.get("pid").and_then(|v| v.as_u64()) == Some(pid as u64)));
+            .is_some_and(|a| a.iter().any(|x| x.get("pid").and_then(|v| v.as_u64()) == Some(pid as u64)))
+            || fd_ids.contains(&id);
         if !owned {
             continue;
         }
-        let id = p.get("id").and_then(|v| v.as_u64()).unwrap_or(0);
         map.insert(
             id,
             ProgStat {
@@ -71,9 +90,14 @@ pub fn programs_of(bpftool: &Path, pid: u32) -> Result<BTreeMap<u64, ProgStat>> 
     Ok(map)
 }
 
-/// `perf bench sched pipe -l LOOPS`: microseconds per round trip.
+/// `taskset -c 0 perf bench sched pipe -l LOOPS`: microseconds per round trip. Both tasks
+/// share one CPU, so every round trip is two context switches on it and no cross-CPU wake-up:
+/// in a VM, waking an idle vCPU costs tens of µs and makes unpinned runs swing 8× with the
+/// host's load.
 pub fn sched_pipe(perf: &Path, loops: u64) -> Result<f64> {
-    let out = Command::new(perf)
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(perf)
         .args(["bench", "sched", "pipe", "-l", &loops.to_string()])
         .output()
         .context("running perf bench sched pipe")?;
@@ -136,7 +160,6 @@ pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResu
     }
     let bpftool = tools[0].1.clone().unwrap();
     let perf = tools[1].1.clone().unwrap();
-    let _stats = StatsEnabled::enable()?;
     for r in 0..rounds {
         // Alternate the order so that drift in the machine's load cancels.
         let order = if r % 2 == 0 { [true, false] } else { [false, true] };
@@ -144,12 +167,17 @@ pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResu
             sys::check_interrupt()?;
             with_agent(bin, tmp, attached, |agent| {
                 if attached {
+                    // Timed with the statistics off (they add two clock reads per program
+                    // run), then run again with them on for the per-program figures.
+                    let us = sched_pipe(&perf, loops)?;
+                    let stats = StatsEnabled::enable()?;
                     let before = programs_of(&bpftool, agent.pid)?;
                     if before.is_empty() {
                         bail!("bpftool shows no program held by the agent (pid {})", agent.pid);
                     }
-                    let us = sched_pipe(&perf, loops)?;
+                    sched_pipe(&perf, loops)?;
                     let after = programs_of(&bpftool, agent.pid)?;
+                    drop(stats);
                     for (id, a) in &after {
                         let Some(b) = before.get(id) else { continue };
                         let cnt = a.run_cnt.saturating_sub(b.run_cnt);
