@@ -395,22 +395,27 @@ mod tests {
         assert_eq!((sdb.read_bytes, sdb.write_bytes, sdb.reads, sdb.writes), (1_459_200, 314_773_504, 192, 353));
     }
 
+    /// A pure-v2 layout whose parent is `dir`.
+    fn v2_layout_at(dir: &Path) -> Layout {
+        Layout {
+            mode: Mode::V2,
+            hierarchies: vec![Hierarchy {
+                version: Version::V2,
+                controllers: vec![],
+                mount: dir.into(),
+                own_dir: dir.into(),
+                parent_dir: dir.into(),
+                parent_path: "/".into(),
+            }],
+        }
+    }
+
     #[test]
     fn missing_files_are_omitted_not_zero() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("c")).unwrap();
         std::fs::write(dir.path().join("c/memory.current"), "4096\n").unwrap();
-        let layout = Layout {
-            mode: Mode::V2,
-            hierarchies: vec![Hierarchy {
-                version: Version::V2,
-                controllers: vec![],
-                mount: dir.path().into(),
-                own_dir: dir.path().into(),
-                parent_dir: dir.path().into(),
-                parent_path: "/".into(),
-            }],
-        };
+        let layout = v2_layout_at(dir.path());
         let cg = ContainerCgroup::at(&layout, "c");
         let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
@@ -426,17 +431,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("c")).unwrap();
         std::fs::write(dir.path().join("c/cpu.stat"), "usage_usec lots\n").unwrap();
         std::fs::write(dir.path().join("c/pids.current"), "3\n").unwrap();
-        let layout = Layout {
-            mode: Mode::V2,
-            hierarchies: vec![Hierarchy {
-                version: Version::V2,
-                controllers: vec![],
-                mount: dir.path().into(),
-                own_dir: dir.path().into(),
-                parent_dir: dir.path().into(),
-                parent_path: "/".into(),
-            }],
-        };
+        let layout = v2_layout_at(dir.path());
         let cg = ContainerCgroup::at(&layout, "c");
         let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
         assert_eq!(errors.len(), 1);
