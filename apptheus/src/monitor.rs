@@ -87,7 +87,7 @@ fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut Cgroup
     let start = Instant::now();
     let (mut sample, errors) = cgroup::sample(&agent.collectors, cg, files);
     if let Some(cgid) = ebpf.id {
-        sample.ebpf = agent.ebpf().read(cgid).map(|c| c.continued_from(&ebpf.base));
+        sample.ebpf = agent.ebpf().read_continuing(cgid, &ebpf.base);
     }
     let at = SystemTime::now();
     agent.telemetry.sample_duration.observe(start.elapsed().as_secs_f64());

@@ -65,27 +65,6 @@ pub struct EbpfCounters {
 }
 
 impl EbpfCounters {
-    /// `self + base`: counters read from the maps of this agent run, continued from what an
-    /// earlier run had counted (so they stay monotonic across a restart).
-    pub fn continued_from(&self, base: &EbpfCounters) -> EbpfCounters {
-        let mut out = self.clone();
-        out.voluntary_switches += base.voluntary_switches;
-        out.involuntary_switches += base.involuntary_switches;
-        for (o, b) in out.runqueue_latency_log2_ns.iter_mut().zip(base.runqueue_latency_log2_ns) {
-            *o += b;
-        }
-        out.runqueue_latency_sum_ns += base.runqueue_latency_sum_ns;
-        out.forks += base.forks;
-        out.execs += base.execs;
-        out.exits += base.exits;
-        out.oom_kills += base.oom_kills;
-        out.rx_bytes += base.rx_bytes;
-        out.tx_bytes += base.tx_bytes;
-        out.rx_packets += base.rx_packets;
-        out.tx_packets += base.tx_packets;
-        out
-    }
-
     fn add(&mut self, c: &CgroupCounters) {
         self.voluntary_switches += c.voluntary_switches;
         self.involuntary_switches += c.involuntary_switches;
@@ -224,11 +203,17 @@ impl Ebpf {
 
     /// The cgroup's counters summed over CPUs, or `None` when it is not watched.
     pub fn read(&self, cgroup_id: u64) -> Option<EbpfCounters> {
+        self.read_continuing(cgroup_id, &EbpfCounters::default())
+    }
+
+    /// `base` plus what the maps hold: counters that continue what an earlier agent run had
+    /// counted for the cgroup (so they stay monotonic across a restart).
+    pub fn read_continuing(&self, cgroup_id: u64, base: &EbpfCounters) -> Option<EbpfCounters> {
         let loaded = self.loaded.as_ref()?;
         let map = loaded.bpf.map("COUNTERS")?;
         let counters = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map).ok()?;
         let per_cpu = counters.get(&cgroup_id, 0).ok()?;
-        let mut sum = EbpfCounters::default();
+        let mut sum = base.clone();
         per_cpu.iter().for_each(|c| sum.add(c));
         Some(sum)
     }
