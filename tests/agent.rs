@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::prom_server::Prometheus;
 use common::*;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -419,13 +420,11 @@ fn a_real_prometheus_scrapes_container_series() {
     let mut agent = Agent::start();
     let mut launcher = agent.exec(&["sleep", "60"]);
     let id = id_of(&launcher);
-    let prom = Prometheus::start(&prometheus, agent.port);
+    let job = format!("    static_configs:\n      - targets: ['127.0.0.1:{}']\n", agent.port);
+    let prom = Prometheus::start(&prometheus, &job, &[]);
     let query = format!("container_memory_usage_bytes{{name=\"{id}\"}}");
     let result = wait_for(Duration::from_secs(40), "Prometheus to have the container series", || {
-        let body = prom.query(&query).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let r = v["data"]["result"].as_array()?.first()?.clone();
-        Some(r)
+        prom.query(&query)?.first().cloned()
     });
     let labels = &result["metric"];
     assert_eq!(labels["name"], id.as_str());
@@ -438,58 +437,6 @@ fn a_real_prometheus_scrapes_container_series() {
     launcher.kill().unwrap();
     let _ = launcher.wait();
 }
-
-struct Prometheus {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(binary: &Path, target_port: u16) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: apptheus\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .unwrap();
-        Prometheus { child, port, _dir: dir }
-    }
-
-    fn query(&self, q: &str) -> std::io::Result<String> {
-        let encoded: String = q
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
-        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}"))?;
-        if status != 200 {
-            return Err(std::io::Error::other(format!("status {status}")));
-        }
-        Ok(body)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-
 
 /// Start `launcher exec -- sleep 30` while the agent is frozen, change the launcher binary on
 /// disk with `change`, then let the agent check the caller.
