@@ -78,3 +78,75 @@ fn without_ebpf_the_agent_serves_cgroup_metrics() {
     launcher.kill().unwrap();
     launcher.wait().unwrap();
 }
+
+/// A full eBPF map (here `--ebpf.max-containers=2`) costs the containers beyond it their eBPF
+/// series, visibly (`apptheus_ebpf_watch_errors_total`, `apptheus_ebpf_containers`), and nothing
+/// else: they are placed and sampled, and a freed slot goes to the next new container.
+#[test]
+fn a_full_ebpf_map_degrades_visibly_and_recovers() {
+    if !privileged("a_full_ebpf_map_degrades_visibly_and_recovers") {
+        return;
+    }
+    let mut agent = Agent::start_with(AgentOptions { extra: vec!["--ebpf.max-containers=2".into()], ..Default::default() });
+    let m = agent.scrape();
+    assert_eq!(m.one("apptheus_ebpf_up", &[]), Some(1.0), "eBPF not up: {}", agent.log_text());
+    assert_eq!(m.one("apptheus_ebpf_containers_max", &[]), Some(2.0));
+    assert_eq!(m.one("apptheus_ebpf_watch_errors_total", &[]), Some(0.0));
+
+    // Each container execs /bin/true now and then (so an eBPF series shows it is counted)
+    // until its stop file appears.
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    let mut start = |agent: &mut Agent| {
+        n += 1;
+        let stop = dir.path().join(format!("stop-{n}"));
+        let script = format!("while [ ! -e {} ]; do /bin/true; sleep 0.2; done", stop.display());
+        let launcher = agent.exec(&["sh", "-c", &script]);
+        let id = id_of(&launcher);
+        // One at a time, so which container finds the map full is known.
+        wait_for(Duration::from_secs(10), "the container placed", || {
+            agent.scrape().one("container_cpu_usage_seconds_total", &[("name", &id), ("cpu", "total")])
+        });
+        (launcher, stop, id)
+    };
+    let mut counted = vec![start(&mut agent), start(&mut agent)];
+    let over = start(&mut agent);
+    let m = wait_for(Duration::from_secs(10), "execs of the two counted containers", || {
+        let m = agent.scrape();
+        counted.iter().all(|(_, _, id)| m.one("container_execs_total", &[("name", id)]).is_some_and(|v| v > 0.0)).then_some(m)
+    });
+    assert_eq!(m.one("apptheus_ebpf_watch_errors_total", &[]), Some(1.0), "one container beyond the map");
+    assert_eq!(m.one("apptheus_ebpf_containers", &[]), Some(2.0));
+    assert!(m.get("container_execs_total", &[("name", &over.2)]).is_empty(), "no eBPF series for the third");
+    assert!(
+        m.one("container_cpu_usage_seconds_total", &[("name", &over.2), ("cpu", "total")]).is_some(),
+        "the third container still has its cgroup series"
+    );
+    assert!(agent.log_text().contains("cannot watch the container in the eBPF maps"), "{}", agent.log_text());
+
+    // One counted container ends: its entries are freed and the next new container is counted.
+    end(counted.remove(0));
+    wait_for(Duration::from_secs(10), "the ended container leaves the eBPF maps", || {
+        (agent.scrape().one("apptheus_ebpf_containers", &[]) == Some(1.0)).then_some(())
+    });
+    let next = start(&mut agent);
+    let m = wait_for(Duration::from_secs(10), "execs of the container placed after a slot freed", || {
+        let m = agent.scrape();
+        m.one("container_execs_total", &[("name", &next.2)]).is_some_and(|v| v > 0.0).then_some(m)
+    });
+    assert_eq!(m.one("apptheus_ebpf_watch_errors_total", &[]), Some(1.0));
+    assert_eq!(m.one("apptheus_ebpf_containers", &[]), Some(2.0));
+    assert!(m.get("container_execs_total", &[("name", &over.2)]).is_empty(), "still uncounted");
+
+    for container in counted.into_iter().chain([over, next]) {
+        end(container);
+    }
+    wait_for(Duration::from_secs(10), "every container ended", || agent.live_container_dirs().is_empty().then_some(()));
+    assert_eq!(agent.scrape().one("apptheus_ebpf_containers", &[]), Some(0.0));
+}
+
+/// Let a container's workload finish and wait for its launcher.
+fn end((mut launcher, stop, _): (std::process::Child, std::path::PathBuf, String)) {
+    std::fs::write(stop, b"").unwrap();
+    assert!(launcher.wait().unwrap().success());
+}

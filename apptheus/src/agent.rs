@@ -71,11 +71,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let adopted: Vec<String> = recovered.adopted.iter().map(|(id, _)| id.clone()).collect();
     store.end_all_except(&adopted, SystemTime::now());
 
-    let ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable });
+    let ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable, max_containers: args.ebpf_max_containers });
     crate::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
-    telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs());
+    telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs(), args.ebpf_max_containers);
     let agent = Arc::new(Agent {
         collectors: cgroup::collectors_for(&layout),
         layout,
@@ -89,7 +89,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         shutdown: CancellationToken::new(),
     });
     for (id, cg) in recovered.adopted {
-        tokio::spawn(crate::monitor::watch(agent.clone(), id, cg));
+        tokio::spawn(crate::monitor::watch(agent.clone(), id, cg, crate::monitor::EbpfWatch::Start));
     }
     tokio::spawn(crate::monitor::expire_ended(agent.clone()));
     let writer = persistence_file.clone().map(|path| tokio::spawn(write_periodically(agent.clone(), path, args.persistence_interval)));

@@ -114,6 +114,12 @@ pub struct AgentArgs {
     #[arg(long = "ebpf.disable")]
     pub ebpf_disable: bool,
 
+    /// Containers the eBPF maps hold at most; containers beyond it get cgroup metrics only
+    /// (counted in apptheus_ebpf_watch_errors_total). Kernel memory: ~0.3 KiB per CPU each.
+    #[arg(long = "ebpf.max-containers", value_name = "N", default_value_t = apptheus_common::MAX_CGROUPS,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub ebpf_max_containers: u32,
+
     /// Only log messages with the given severity or above.
     #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

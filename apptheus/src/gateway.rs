@@ -115,7 +115,7 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
         }
     })
     .await;
-    let (info, cg, is_new) = match placed {
+    let Placed { info, cgroup: cg, is_new } = match placed {
         Ok(Ok(p)) => p,
         Ok(Err(PlaceError::Refused(refusal))) => {
             agent.telemetry.count_connection(RESULT_REFUSED);
@@ -136,9 +136,9 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
         }
     };
     agent.telemetry.count_connection(RESULT_ACCEPTED);
-    if let Some(cg) = cg.filter(|_| is_new) {
+    if let Some((cg, ebpf_id)) = cg.filter(|_| is_new) {
         tracing::info!(container = %info.id, pid = info.pid, user = %info.user, exe = %info.exe.display(), cgroup = %info.cgroup_path, "container placed");
-        tokio::spawn(crate::monitor::watch(agent.clone(), info.id.clone(), cg));
+        tokio::spawn(crate::monitor::watch(agent.clone(), info.id.clone(), cg, crate::monitor::EbpfWatch::Tried(ebpf_id)));
     }
     reply(&mut stream, &Ack::Ok { id: info.id.clone(), cgroup: info.cgroup_path.clone() }).await;
     hold(agent, stream, &info.id).await;
@@ -182,12 +182,19 @@ enum PlaceError {
     Failed(anyhow::Error),
 }
 
+/// What placement made of a launcher.
+struct Placed {
+    info: ContainerInfo,
+    /// The new cgroup and its eBPF cgroup id (None when not counted in the kernel).
+    cgroup: Option<(ContainerCgroup, Option<u64>)>,
+    /// False when the launcher connected again: it gets the existing container.
+    is_new: bool,
+}
+
 /// Create the container's cgroup and move the caller and all its descendants in (blocking).
-/// Returns the container, its cgroup, and whether it is new (a second connection from the same
-/// launcher gets the existing container).
-fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCgroup>, bool), PlaceError> {
+fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     if let Some(existing) = agent.store.find_by_pid(peer.pid) {
-        return Ok(((*existing).clone(), None, false));
+        return Ok(Placed { info: (*existing).clone(), cgroup: None, is_new: false });
     }
     let id = peer.container_id();
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
@@ -203,7 +210,7 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
             }
         }
         if let Some(cgid) = ebpf_id {
-            agent.ebpf().unwatch(cgid);
+            crate::monitor::ebpf_unwatch(agent, cgid);
         }
         let _ = cg.remove();
     };
@@ -257,5 +264,5 @@ fn place(agent: &Agent, peer: Peer) -> Result<(ContainerInfo, Option<ContainerCg
     // the monitor removes the cgroup as soon as it is empty.
     agent.store.insert(info.clone());
     agent.telemetry.containers.set(agent.store.live_count() as i64);
-    Ok((info, Some(cg), true))
+    Ok(Placed { info, cgroup: Some((cg, ebpf_id)), is_new: true })
 }

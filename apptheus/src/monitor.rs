@@ -11,12 +11,23 @@ use crate::agent::Agent;
 use crate::cgroup::{self, CgroupFiles, ContainerCgroup, Timed};
 use crate::ebpf::EbpfCounters;
 
+/// Whether a container still has to be put into the eBPF maps.
+pub enum EbpfWatch {
+    /// Placement already tried: the cgroup id when it is counted, None when not.
+    Tried(Option<u64>),
+    /// A container re-adopted after a restart: watch it now.
+    Start,
+}
+
 /// Sample `cg` until no process is left in it, then freeze its series and remove it.
-pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
-    // Idempotent: placement already watches; a re-adopted container is watched here. What an
-    // earlier agent run counted (from the persistence file) is the base the counters continue.
+pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: EbpfWatch) {
+    // What an earlier agent run counted (from the persistence file) is the base the counters
+    // continue.
     let ebpf = EbpfTrack {
-        id: ebpf_watch(&agent, &id, &cg),
+        id: match ebpf {
+            EbpfWatch::Tried(id) => id,
+            EbpfWatch::Start => ebpf_watch(&agent, &id, &cg),
+        },
         base: agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default(),
     };
     let mut files = CgroupFiles::new();
@@ -44,7 +55,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup) {
         }
     }
     if let Some(cgid) = ebpf.id {
-        agent.ebpf().unwatch(cgid);
+        ebpf_unwatch(&agent, cgid);
     }
     drop(files); // the descriptors keep the cgroup's files open; close them before rmdir
     finish(&agent, &id, cg).await;
@@ -73,7 +84,9 @@ pub fn ebpf_watch(agent: &Agent, id: &str, cg: &ContainerCgroup) -> Option<u64> 
             return None;
         }
     };
-    match ebpf.watch(cgid, dir) {
+    let watched = ebpf.watch(cgid, dir);
+    agent.telemetry.ebpf_containers.set(ebpf.watched() as i64);
+    match watched {
         Ok(()) => Some(cgid),
         Err(err) => {
             agent.telemetry.ebpf_watch_errors.inc();
@@ -81,6 +94,13 @@ pub fn ebpf_watch(agent: &Agent, id: &str, cg: &ContainerCgroup) -> Option<u64> 
             None
         }
     }
+}
+
+/// Stop counting the container in the eBPF maps, freeing its entries for another container.
+pub fn ebpf_unwatch(agent: &Agent, cgid: u64) {
+    let mut ebpf = agent.ebpf();
+    ebpf.unwatch(cgid);
+    agent.telemetry.ebpf_containers.set(ebpf.watched() as i64);
 }
 
 fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) {

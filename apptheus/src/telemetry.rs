@@ -19,6 +19,9 @@ pub struct Telemetry {
     pub persistence_errors: IntCounter,
     /// Containers that could not be added to the eBPF maps (for instance the map is full).
     pub ebpf_watch_errors: IntCounter,
+    /// Containers in the eBPF maps now, and how many they can hold.
+    pub ebpf_containers: IntGauge,
+    ebpf_containers_max: IntGauge,
     ebpf_up: IntGauge,
     ebpf_attached: IntGaugeVec,
 }
@@ -66,6 +69,13 @@ impl Telemetry {
             "Containers that could not be added to the eBPF maps (map full, attach failure): they have cgroup metrics only.",
         )?;
         registry.register(Box::new(ebpf_watch_errors.clone()))?;
+        let ebpf_containers = IntGauge::new("apptheus_ebpf_containers", "Containers counted by the eBPF programs now.")?;
+        let ebpf_containers_max = IntGauge::new(
+            "apptheus_ebpf_containers_max",
+            "Containers the eBPF maps can hold (--ebpf.max-containers); 0 when eBPF is not loaded.",
+        )?;
+        registry.register(Box::new(ebpf_containers.clone()))?;
+        registry.register(Box::new(ebpf_containers_max.clone()))?;
         registry.register(Box::new(ebpf_up.clone()))?;
         registry.register(Box::new(ebpf_attached.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -83,13 +93,17 @@ impl Telemetry {
             sample_errors,
             persistence_errors,
             ebpf_watch_errors,
+            ebpf_containers,
+            ebpf_containers_max,
             ebpf_up,
             ebpf_attached,
         })
     }
 
-    pub fn set_ebpf_status(&self, up: bool, programs: &[(&'static str, bool)]) {
+    pub fn set_ebpf_status(&self, up: bool, programs: &[(&'static str, bool)], max_containers: u32) {
         self.ebpf_up.set(i64::from(up));
+        let loaded = programs.iter().any(|(_, attached)| *attached);
+        self.ebpf_containers_max.set(if loaded { i64::from(max_containers) } else { 0 });
         for (name, attached) in programs {
             self.ebpf_attached.with_label_values(&[name]).set(i64::from(*attached));
         }

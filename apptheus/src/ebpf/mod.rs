@@ -32,10 +32,21 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("prebuilt/apptheus-ebpf.o");
 /// Number of run-queue latency histogram slots in [`EbpfCounters`].
 pub const RUNQ_LATENCY_SLOTS: usize = RUNQ_SLOTS;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EbpfOptions {
     /// `--ebpf.disable`: load nothing.
     pub disable: bool,
+    /// `--ebpf.max-containers`: entries of the per-container maps (`MONITORED`, `COUNTERS`).
+    pub max_containers: u32,
+}
+
+impl Default for EbpfOptions {
+    fn default() -> Self {
+        EbpfOptions {
+            disable: false,
+            max_containers: apptheus_common::MAX_CGROUPS,
+        }
+    }
 }
 
 /// Counters of one watched cgroup, summed over CPUs, since [`Ebpf::watch`].
@@ -123,7 +134,7 @@ impl Ebpf {
                 attached,
             };
         }
-        let loaded = match programs::load_object(object) {
+        let loaded = match programs::load_object(object, opts.max_containers) {
             Ok((mut bpf, btf)) => {
                 for (program, status) in PROGRAMS.iter().zip(attached.iter_mut()) {
                     match programs::load_program(&mut bpf, &btf, program) {
@@ -216,6 +227,11 @@ impl Ebpf {
         let mut sum = base.clone();
         per_cpu.iter().for_each(|c| sum.add(c));
         Some(sum)
+    }
+
+    /// Containers counted now (in `MONITORED`).
+    pub fn watched(&self) -> usize {
+        self.loaded.as_ref().map_or(0, |l| l.skb_links.len())
     }
 
     fn is_attached(&self, name: &str) -> bool {

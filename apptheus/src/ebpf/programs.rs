@@ -82,7 +82,8 @@ pub struct Kernel {
 
 /// Creates the maps and parses the object; programs are loaded separately so that one
 /// rejected program does not take the others down.
-pub fn load_object(object: &[u8]) -> Result<(Ebpf, Kernel)> {
+/// Loads the object's maps, `MONITORED` and `COUNTERS` sized for `max_containers`.
+pub fn load_object(object: &[u8], max_containers: u32) -> Result<(Ebpf, Kernel)> {
     let (btf, offsets) = match std::fs::read(btf::VMLINUX) {
         Ok(raw) => (
             Btf::parse(&raw, Endianness::default()).ok(),
@@ -95,6 +96,8 @@ pub fn load_object(object: &[u8]) -> Result<(Ebpf, Kernel)> {
     let bpf = EbpfLoader::new()
         .btf(btf.as_ref())
         .override_global("OFFSETS", &global, true)
+        .map_max_entries("MONITORED", max_containers)
+        .map_max_entries("COUNTERS", max_containers)
         .load(object)
         .context("loading the eBPF object (maps need CAP_BPF or root)")?;
     Ok((bpf, Kernel { btf, offsets }))

@@ -342,7 +342,7 @@ fn proc_voluntary_switches(pid: u32) -> u64 {
 
 #[test]
 fn disabled_loads_nothing() {
-    let ebpf = Ebpf::load(&EbpfOptions { disable: true });
+    let ebpf = Ebpf::load(&EbpfOptions { disable: true, ..Default::default() });
     assert!(!ebpf.up());
     assert!(ebpf.programs().iter().all(|(_, attached)| !attached));
     assert!(ebpf.read(1).is_none());
