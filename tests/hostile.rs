@@ -334,3 +334,88 @@ fn http_abuse_is_answered_with_a_status_and_bounded() {
     container.kill().unwrap();
     container.wait().unwrap();
 }
+
+/// The agent SIGKILLed at each step of a placement (held there by a failpoint), then restarted:
+/// no cgroup is left half-made, and each caller ends up either placed in every hierarchy or
+/// refused. Two callers at each step: `apptheus exec`, which reads the answer (it gets none, so
+/// it refuses to run its command), and an Apptainer-like one that never reads (once moved, the
+/// restarted agent completes and adopts its placement; before that, it is simply not placed).
+#[test]
+fn the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made() {
+    if !privileged("the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made") {
+        return;
+    }
+    if !cfg!(feature = "failpoints") {
+        let why = "the test binary was built without the `failpoints` feature (run `cargo xtask test`)";
+        assert!(std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"), "{why}");
+        eprintln!("SKIP the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made: {why}");
+        return;
+    }
+    // (failpoint, whether the callers have been moved anywhere when it is reached)
+    let steps = [
+        ("placement::created_one", false),
+        ("placement::created", false),
+        ("placement::attached_one", true),
+        ("placement::caller_attached", true),
+        ("placement::placed", true),
+    ];
+    let python = real_python();
+    for (point, moved) in steps {
+        let mut agent = Agent::start_with(AgentOptions {
+            trust: vec![PathBuf::from(BIN), python.clone()],
+            env: vec![("FAILPOINTS".into(), format!("{point}=sleep(60000)"))],
+            ..Default::default()
+        });
+        let marker = agent.dir.path().join("command-ran");
+        let mut exec = agent.exec(&["sh", "-c", &format!("touch {}; sleep 30", marker.display())]);
+        let mut silent = Command::new(&python)
+            .args(["-c", "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ntime.sleep(30)"])
+            .arg(&agent.socket)
+            .spawn()
+            .unwrap();
+        agent.started.push(silent.id());
+        wait_for(Duration::from_secs(10), &format!("both placements held at {point}"), || {
+            (agent.log_text().matches(&format!("point={point}")).count() >= 2).then_some(())
+        });
+        agent.env.clear();
+        agent.kill9_and_restart();
+
+        // `apptheus exec` got no answer: it refuses, without running its command.
+        let out = exec.wait().unwrap();
+        assert_eq!(out.code(), Some(125), "{point}: apptheus exec should refuse");
+        assert!(!marker.exists(), "{point}: the command ran without a placement");
+        let silent_name = format!("python3_{}", silent.id());
+        let silent_name = agent
+            .live_container_dirs()
+            .iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .find(|n| n.ends_with(&format!("_{}", silent.id())))
+            .unwrap_or(silent_name);
+        if moved {
+            // Adopted: in every hierarchy, and exported.
+            for d in agent.container_dirs(&silent_name) {
+                assert_eq!(pids_in(&d), vec![silent.id() as i32], "{point}: {} not completed", d.display());
+            }
+            wait_for(Duration::from_secs(10), &format!("{point}: adopted caller exported"), || {
+                agent.scrape().one("container_start_time_seconds", &[("name", &silent_name)])
+            });
+        } else {
+            let own = std::fs::read_to_string(format!("/proc/{}/cgroup", silent.id())).unwrap();
+            assert!(!own.contains(&agent.parent), "{point}: caller moved: {own}");
+        }
+        // Whatever the step, no cgroup is half-made: each holds the same processes everywhere,
+        // and the empty ones (the refused exec's, the unmoved caller's) are gone.
+        wait_for(Duration::from_secs(10), &format!("{point}: empty leftovers removed"), || {
+            let names: std::collections::BTreeSet<String> = agent
+                .live_container_dirs()
+                .iter()
+                .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            let expected: std::collections::BTreeSet<String> = moved.then(|| silent_name.clone()).into_iter().collect();
+            (names == expected).then_some(())
+        });
+        silent.kill().unwrap();
+        silent.wait().unwrap();
+        wait_for(Duration::from_secs(10), &format!("{point}: all removed"), || agent.live_container_dirs().is_empty().then_some(()));
+    }
+}

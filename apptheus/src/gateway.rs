@@ -199,6 +199,7 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     let id = peer.container_id();
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
     let cg = ContainerCgroup::create(&agent.layout, &id).map_err(PlaceError::Failed)?;
+    crate::faults::point("placement::created");
     // Count in the kernel from before the first process arrives.
     let ebpf_id = crate::monitor::ebpf_watch(agent, &id, &cg);
     let mut moved: Vec<i32> = Vec::new();
@@ -225,6 +226,7 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
             return Err(PlaceError::Failed(anyhow::Error::new(err).context(format!("pid {}", peer.pid))));
         }
     }
+    crate::faults::point("placement::caller_attached");
     // The launcher may still be forking while we move: repeat until a scan finds nothing new.
     // Descendants not moved yet are in the launcher's original cgroups: look among the
     // processes of the smallest of them rather than all of /proc.
@@ -264,5 +266,6 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     // the monitor removes the cgroup as soon as it is empty.
     agent.store.insert(info.clone());
     agent.telemetry.containers.set(agent.store.live_count() as i64);
+    crate::faults::point("placement::placed");
     Ok(Placed { info, cgroup: Some((cg, ebpf_id)), is_new: true })
 }

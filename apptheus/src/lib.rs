@@ -21,6 +21,7 @@ pub mod environ;
 pub mod ebpf;
 pub mod exec;
 pub mod exposition;
+pub mod faults;
 pub mod gateway;
 pub mod heap;
 pub mod http;

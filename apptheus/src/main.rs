@@ -28,6 +28,7 @@ fn main() -> ExitCode {
 fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
     apptheus::heap::limit_arenas();
     apptheus::logging::init(args.log_level, args.log_format);
+    let _faults = apptheus::faults::setup();
     let workers = std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -75,17 +75,20 @@ pub struct Agent {
     pub started: Vec<u32>,
     /// The agent's command line, for restarts.
     pub args: Vec<String>,
+    /// Extra environment of the agent process (e.g. `FAILPOINTS`), for restarts too.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct AgentOptions {
     pub trust: Vec<PathBuf>,
     pub interval: &'static str,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { trust: vec![PathBuf::from(BIN)], interval: "200ms", extra: Vec::new() }
+        AgentOptions { trust: vec![PathBuf::from(BIN)], interval: "200ms", extra: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -110,14 +113,20 @@ impl Agent {
             "--log.level=debug".to_string(),
         ];
         args.extend(opts.extra.iter().map(|a| a.replace("{dir}", &dir.path().display().to_string())));
-        let mut agent = Agent { child: None, dir, socket, port, parent, log, started: Vec::new(), args };
+        let mut agent = Agent { child: None, dir, socket, port, parent, log, started: Vec::new(), args, env: opts.env };
         agent.spawn();
         agent
     }
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(BIN).args(&self.args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn agent");
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent");
         self.child = Some(child);
         self.wait_ready();
     }

@@ -104,7 +104,10 @@ impl ContainerCgroup {
         let mut made: Vec<&Path> = Vec::new();
         for d in &cg.dirs {
             match make_dir(&d.dir) {
-                Ok(()) => made.push(&d.dir),
+                Ok(()) => {
+                    made.push(&d.dir);
+                    crate::faults::point("placement::created_one");
+                }
                 Err(err) => {
                     for m in made.iter().rev() {
                         let _ = std::fs::remove_dir(m);
@@ -159,6 +162,7 @@ impl ContainerCgroup {
                     AttachError::Io { path: file, err }
                 });
             }
+            crate::faults::point("placement::attached_one");
         }
         Ok(())
     }
