@@ -169,6 +169,25 @@ async fn reply(stream: &mut UnixStream, ack: &Ack) {
     }
 }
 
+/// The descendants of `pid` still in its original cgroups (`origin`): only those are moved, a
+/// descendant that something else placed elsewhere is left there.
+fn unmoved_descendants(pid: i32, origin: &[PathBuf]) -> Vec<i32> {
+    match crate::proctree::descendants_from_children_lists(pid) {
+        // Usually none: no need to read the origin's process list.
+        Some(all) if all.is_empty() => all,
+        Some(all) => match smallest_procs(origin) {
+            Some(in_origin) => all.into_iter().filter(|p| in_origin.contains(p)).collect(),
+            None => all,
+        },
+        // No children lists in this kernel: look among the processes of the smallest original
+        // cgroup rather than all of /proc.
+        None => match smallest_procs(origin) {
+            Some(candidates) => crate::proctree::descendants_among(pid, &candidates),
+            None => crate::proctree::descendants(pid),
+        },
+    }
+}
+
 /// The pids of the most specific of `dirs` (the deepest cgroup: a root cgroup lists every
 /// process of the machine, so it is read only when the caller is in no other).
 fn smallest_procs(dirs: &[std::path::PathBuf]) -> Option<Vec<i32>> {
@@ -228,14 +247,8 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     }
     crate::faults::point("placement::caller_attached");
     // The launcher may still be forking while we move: repeat until a scan finds nothing new.
-    // Descendants not moved yet are in the launcher's original cgroups: look among the
-    // processes of the smallest of them rather than all of /proc.
     for _ in 0..16 {
-        let fresh: Vec<i32> = match smallest_procs(&origin) {
-            Some(candidates) => crate::proctree::descendants_among(peer.pid, &candidates),
-            None => crate::proctree::descendants(peer.pid),
-        };
-        let fresh: Vec<i32> = fresh.into_iter().filter(|p| !moved.contains(p)).collect();
+        let fresh: Vec<i32> = unmoved_descendants(peer.pid, &origin).into_iter().filter(|p| !moved.contains(p)).collect();
         if fresh.is_empty() {
             break;
         }

@@ -2,6 +2,7 @@
 
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -97,6 +98,24 @@ pub struct CgroupDir {
     pub dir: PathBuf,
 }
 
+/// False once the kernel refused `memory.move_charge_at_immigrate` (charge moving was removed
+/// in Linux 6.x, which answers EINVAL): later placements skip the open and write.
+static MOVE_CHARGE_SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+/// Carry the memory the caller already uses into the new v1 memory cgroup. Newer kernels no
+/// longer support it, so a refusal is not an error.
+fn move_charge_at_immigrate(dir: &Path) {
+    if !MOVE_CHARGE_SUPPORTED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(err) = std::fs::write(dir.join("memory.move_charge_at_immigrate"), "3") {
+        tracing::debug!(path = %dir.display(), %err, "memory.move_charge_at_immigrate not supported; not trying again");
+        if err.raw_os_error() == Some(libc::EINVAL) || err.kind() == ErrorKind::NotFound {
+            MOVE_CHARGE_SUPPORTED.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 impl ContainerCgroup {
     /// Create `<parent>/<name>` in every hierarchy. On failure nothing is left behind.
     pub fn create(layout: &Layout, name: &str) -> Result<ContainerCgroup> {
@@ -116,11 +135,7 @@ impl ContainerCgroup {
                 }
             }
             if d.version == Version::V1 && d.controllers.iter().any(|c| c == "memory") {
-                // Carry the memory the caller already uses into the new cgroup (v1 only; newer
-                // kernels deprecate it, so a refusal is not an error).
-                if let Err(err) = std::fs::write(d.dir.join("memory.move_charge_at_immigrate"), "3") {
-                    tracing::debug!(path = %d.dir.display(), %err, "memory.move_charge_at_immigrate not supported");
-                }
+                move_charge_at_immigrate(&d.dir);
             }
         }
         Ok(cg)

@@ -18,6 +18,7 @@
 //! | [`psi`]                           | v2 `cpu.pressure`, `memory.pressure`, `io.pressure` (and `/proc/pressure/*`) |
 //! | [`blkio_v1`]                      | v1 `blkio.throttle.io_service_bytes[_recursive]`, `blkio.throttle.io_serviced[_recursive]`, `blkio.io_service_bytes[_recursive]`, `blkio.io_serviced[_recursive]`, `blkio.bfq.*` of the same shape |
 //! | [`pids`], [`pid_count`]           | v1/v2 `cgroup.procs`, `cgroup.threads`, v1 `tasks` |
+//! | [`child_pids`]                    | `/proc/<pid>/task/<tid>/children` |
 //! | [`uevent_devname`], [`uevent_value`] | `/sys/dev/block/MAJ:MIN/uevent` |
 //!
 //! Conventions shared by all parsers: lines are separated by `\n`; blank
@@ -44,7 +45,7 @@ pub use flat_keyed::{flat_keyed, flat_keyed_get, FlatKeyed};
 pub use nested_keyed::{
     io_stat, nested_keyed, Device, IoStat, IoStats, NestedKeyed, NestedLine, NestedPairs,
 };
-pub use pid_list::{pid_count, pids, Pids};
+pub use pid_list::{child_pids, pid_count, pids, Pids};
 pub use psi::{psi, Pressure, PressureLine};
 pub use single_value::{parse_cfs_quota, parse_cpu_max, parse_limit, parse_u64, CpuMax, Limit};
 pub use uevent::{uevent_devname, uevent_value};

@@ -14,6 +14,14 @@ pub fn pids(text: &str) -> Pids<'_> {
     }
 }
 
+/// Iterates the pids of `/proc/<pid>/task/<tid>/children`: the task's children on one line,
+/// each followed by a space (no newline); empty when it has none. A bad field yields an error
+/// (line 1) and iteration continues.
+pub fn child_pids(text: &str) -> impl Iterator<Item = Result<i32, ParseError>> + '_ {
+    text.split_ascii_whitespace()
+        .map(|field| parse_pid(field).map_err(|kind| ParseError::new(Format::PidList, 1, kind)))
+}
+
 /// Counts the pids of a pid-list file (see [`pids`]), validating every line.
 pub fn pid_count(text: &str) -> Result<usize, ParseError> {
     pids(text).try_fold(0usize, |count, pid| pid.map(|_| count.saturating_add(1)))
@@ -53,6 +61,17 @@ mod tests {
     const V1_PROCS: &str = include_str!("../../tests/fixtures/v1/container.cgroup.procs");
     const V1_TASKS: &str = include_str!("../../tests/fixtures/v1/container.tasks");
     const V2_PROCS: &str = include_str!("../../tests/fixtures/v2/cgroup.procs");
+    const CHILDREN: &str = include_str!("../../tests/fixtures/proc/task.children");
+
+    #[test]
+    fn children_list() {
+        assert_eq!(child_pids(CHILDREN).collect::<Result<Vec<_>, _>>(), Ok(vec![7957, 7959, 7960]));
+        assert_eq!(child_pids("").count(), 0);
+        let mixed: Vec<_> = child_pids("12 x 13 ").collect();
+        assert_eq!(mixed.len(), 3);
+        assert!(mixed[1].is_err());
+        assert_eq!((mixed[0].clone(), mixed[2].clone()), (Ok(12), Ok(13)));
+    }
 
     #[test]
     fn fixtures() {

@@ -31,6 +31,9 @@ fn exercise_all(text: &str) {
         let _ = item;
     }
     let _ = pid_count(text);
+    for item in child_pids(text) {
+        let _ = item;
+    }
     let _ = uevent_devname(text);
     let _ = uevent_value(text, "MAJOR");
     // Error messages must render too.
@@ -123,7 +126,9 @@ proptest! {
     fn pid_list_round_trip(list in prop::collection::vec(0i32..=i32::MAX, 0..64)) {
         let text: String = list.iter().map(|p| format!("{p}\n")).collect();
         prop_assert_eq!(pid_count(&text), Ok(list.len()));
-        prop_assert_eq!(pids(&text).collect::<Result<Vec<_>, _>>(), Ok(list));
+        prop_assert_eq!(pids(&text).collect::<Result<Vec<_>, _>>(), Ok(list.clone()));
+        let children: String = list.iter().map(|p| format!("{p} ")).collect();
+        prop_assert_eq!(child_pids(&children).collect::<Result<Vec<_>, _>>(), Ok(list));
     }
 
     #[test]
