@@ -46,9 +46,9 @@ impl Agent {
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
     let fds = raise_fd_limit();
-    // Keep cgroup files open for sampling within half of what is left after a reserve for
-    // launcher connections, HTTP and the rest.
-    cgroup::set_open_file_budget(fds.saturating_sub(4096) / 2);
+    // Keep cgroup files open for sampling with what is left after a reserve for HTTP, eBPF and
+    // the rest; each container takes what it needs for itself from the same budget.
+    cgroup::set_open_file_budget(fds.saturating_sub(4096));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;
     let web = crate::http::bind(&args).await?;

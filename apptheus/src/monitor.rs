@@ -30,6 +30,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
         },
         base: agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default(),
     };
+    let descriptors = cgroup::DESCRIPTORS.take_for_container();
     let mut files = CgroupFiles::new();
     let mut ticker = tokio::time::interval(agent.interval);
     // After a stall, carry on at the interval instead of sampling in a burst.
@@ -39,12 +40,19 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
             _ = ticker.tick() => {}
             _ = agent.shutdown.cancelled() => return,
         }
-        match cg.is_populated(&mut files) {
-            Ok(true) => sample_once(&agent, &id, &cg, &mut files, &ebpf),
+        let sample = take_sample(&agent, &id, &cg, &mut files, &ebpf);
+        // Processes listed in the sample mean it is populated; only an empty list (or none)
+        // needs the cgroup's own answer, which also covers processes in sub-cgroups.
+        let populated = match sample.sample.processes {
+            Some(n) if n > 0 => Ok(true),
+            _ => cg.is_populated(&mut files),
+        };
+        match populated {
+            Ok(true) => agent.store.record(&id, sample),
             Ok(false) => {
                 // The cgroup still holds the final figures until it is removed: a job shorter
                 // than one interval is still accounted.
-                sample_once(&agent, &id, &cg, &mut files, &ebpf);
+                agent.store.record(&id, sample);
                 break;
             }
             Err(err) => {
@@ -58,6 +66,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
         ebpf_unwatch(&agent, cgid);
     }
     drop(files); // the descriptors keep the cgroup's files open; close them before rmdir
+    drop(descriptors);
     finish(&agent, &id, cg).await;
 }
 
@@ -103,7 +112,7 @@ pub fn ebpf_unwatch(agent: &Agent, cgid: u64) {
     agent.telemetry.ebpf_containers.set(ebpf.watched() as i64);
 }
 
-fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) {
+fn take_sample(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) -> Timed {
     let start = Instant::now();
     let (mut sample, errors) = cgroup::sample(&agent.collectors, cg, files);
     if let Some(cgid) = ebpf.id {
@@ -115,7 +124,7 @@ fn sample_once(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut Cgroup
         agent.telemetry.sample_errors.with_label_values(&[source]).inc();
         tracing::debug!(container = %id, source, %err, "sample error");
     }
-    agent.store.record(id, Timed { at, sample });
+    Timed { at, sample }
 }
 
 async fn finish(agent: &Agent, id: &str, cg: ContainerCgroup) {

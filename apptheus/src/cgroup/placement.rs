@@ -186,7 +186,7 @@ impl ContainerCgroup {
     pub fn is_populated(&self, files: &mut CgroupFiles) -> io::Result<bool> {
         if let Some(dir) = self.unified_dir() {
             let text = files
-                .read(dir, "cgroup.events")?
+                .read_rarely(dir, "cgroup.events")?
                 .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "cgroup.events is gone"))?;
             for item in kernfs::flat_keyed(text) {
                 let (key, value) = item.map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;

@@ -59,6 +59,7 @@ pub fn sample(
 ) -> (Sample, Vec<(&'static str, CollectError)>) {
     let mut sample = Sample::default();
     let mut errors = Vec::new();
+    files.start_sample();
     for c in collectors {
         if let Err(e) = c.collect(cg, files, &mut sample) {
             errors.push((c.name(), e));
@@ -79,10 +80,28 @@ fn read_with<T>(
     file: &'static str,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<Option<T>, CollectError> {
-    match read(files, dir, file)? {
-        None => Ok(None),
-        Some(text) => parse(text).map(Some).map_err(|err| CollectError::Parse { path: dir.join(file), err }),
-    }
+    parsed(dir, file, files.read(dir, file), parse)
+}
+
+/// Read and parse a setting (a limit), which is re-read only every few samples
+/// ([`CgroupFiles::read_setting`]); `None` when absent.
+fn read_setting<T>(
+    files: &mut CgroupFiles,
+    dir: &Path,
+    file: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, CollectError> {
+    parsed(dir, file, files.read_setting(dir, file), parse)
+}
+
+fn parsed<T>(
+    dir: &Path,
+    file: &str,
+    text: std::io::Result<Option<&str>>,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, CollectError> {
+    let text = text.map_err(|err| CollectError::Read { path: dir.join(file), err })?;
+    text.map(parse).transpose().map_err(|err| CollectError::Parse { path: dir.join(file), err })
 }
 
 fn flat<const N: usize>(
@@ -163,14 +182,14 @@ impl Collector for MemoryV1 {
         m.cache_bytes = cache;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
         m.failcnt = read_with(files, dir, "memory.failcnt", kernfs::parse_u64)?;
-        m.limit = read_with(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
+        m.limit = read_setting(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
         // memsw counts memory + swap; swap alone is the difference.
         let memsw_usage = read_with(files, dir, "memory.memsw.usage_in_bytes", kernfs::parse_u64)?;
         m.swap_bytes = match (memsw_usage, m.usage_bytes) {
             (Some(both), Some(mem)) => Some(both.saturating_sub(mem)),
             _ => swap,
         };
-        let memsw_limit = read_with(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
+        let memsw_limit = read_setting(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
         m.swap_limit = match (memsw_limit, m.limit) {
             (Some(Limit::Value(both)), Some(Limit::Value(mem))) => Some(Limit::Value(both.saturating_sub(mem))),
             (Some(_), _) => Some(Limit::Unlimited),
@@ -197,8 +216,8 @@ impl Collector for MemoryV2 {
         m.cache_bytes = file;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
         m.swap_bytes = read_with(files, dir, "memory.swap.current", kernfs::parse_u64)?;
-        m.limit = read_with(files, dir, "memory.max", kernfs::parse_limit)?;
-        m.swap_limit = read_with(files, dir, "memory.swap.max", kernfs::parse_limit)?;
+        m.limit = read_setting(files, dir, "memory.max", kernfs::parse_limit)?;
+        m.swap_limit = read_setting(files, dir, "memory.swap.max", kernfs::parse_limit)?;
         // v2 has no failcnt; runc and cAdvisor report memory.events "max" (times the limit was hit).
         let [max_hits, oom_kill] = flat(files, dir, "memory.events", &["max", "oom_kill"])?;
         m.failcnt = max_hits;
@@ -219,7 +238,7 @@ impl Collector for Pids {
         let dir = if self.v1 { cg.v1_dir("pids") } else { cg.unified_dir() };
         let Some(dir) = dir else { return Ok(()) };
         out.pids.current = read_with(files, dir, "pids.current", kernfs::parse_u64)?;
-        out.pids.limit = read_with(files, dir, "pids.max", kernfs::parse_limit)?;
+        out.pids.limit = read_setting(files, dir, "pids.max", kernfs::parse_limit)?;
         Ok(())
     }
 }
