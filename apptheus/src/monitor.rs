@@ -2,8 +2,8 @@
 //! original shared one ticker between all containers), take a final sample when it empties,
 //! then remove the cgroup. The final sample stays exported for `--metrics.retention`.
 
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::MissedTickBehavior;
 
@@ -32,13 +32,17 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
     };
     let descriptors = cgroup::DESCRIPTORS.take_for_container();
     let mut files = CgroupFiles::new();
-    let mut ticker = tokio::time::interval(agent.interval);
+    // The first sample at once, the next ones on the grid all containers share.
+    let mut ticker = tokio::time::interval_at(next_grid_point(agent.interval, Instant::now()).into(), agent.interval);
     // After a stall, carry on at the interval instead of sampling in a burst.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = agent.shutdown.cancelled() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = agent.shutdown.cancelled() => return,
+            }
         }
         let sample = take_sample(&agent, &id, &cg, &mut files, &ebpf);
         // Processes listed in the sample mean it is populated; only an empty list (or none)
@@ -68,6 +72,22 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
     drop(files); // the descriptors keep the cgroup's files open; close them before rmdir
     drop(descriptors);
     finish(&agent, &id, cg).await;
+}
+
+/// Slots per interval in which containers are sampled.
+const GRID_SLOTS: u32 = 10;
+
+/// The first point after `now` of a grid of `interval / GRID_SLOTS` steps shared by all
+/// containers. Containers due in the same slot are sampled in one wake-up of the runtime,
+/// instead of one wake-up (and thread switch) per container at its own phase; spread over ten
+/// slots, the work is not one burst per interval either.
+fn next_grid_point(interval: Duration, now: Instant) -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let step = (interval / GRID_SLOTS).max(Duration::from_millis(1));
+    let since = now.saturating_duration_since(epoch).as_nanos();
+    let steps = since / step.as_nanos() + 1;
+    epoch + step * u32::try_from(steps).unwrap_or(u32::MAX)
 }
 
 /// A container's eBPF identity: its cgroup id (None when not counted) and the counts of an
@@ -153,6 +173,27 @@ pub async fn expire_ended(agent: Arc<Agent>) {
         }
         for id in agent.store.expire(SystemTime::now(), agent.retention) {
             tracing::debug!(container = %id, "retention over; series dropped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_share_grid_points() {
+        let interval = Duration::from_millis(500);
+        let t0 = Instant::now();
+        let first = next_grid_point(interval, t0);
+        assert!(first > t0);
+        // Any later container lands on the same grid: whole 50 ms steps from the first point.
+        for offset_ms in [1u64, 7, 49, 50, 51, 499, 1234] {
+            let now = t0 + Duration::from_millis(offset_ms);
+            let point = next_grid_point(interval, now);
+            assert!(point > now && point <= now + Duration::from_millis(50), "{offset_ms} ms: {point:?}");
+            let from_first = point.saturating_duration_since(first).as_nanos();
+            assert_eq!(from_first % Duration::from_millis(50).as_nanos(), 0, "{offset_ms} ms: off the grid");
         }
     }
 }
