@@ -263,9 +263,7 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
             }
         }
     }
-    let user = uzers::get_user_by_uid(peer.uid)
-        .map(|u| u.name().to_string_lossy().into_owned())
-        .unwrap_or_else(|| peer.uid.to_string());
+    let user = crate::user_names::name_of(peer.uid);
     let info = ContainerInfo {
         id,
         cgroup_path: cg.path.clone(),

@@ -34,3 +34,4 @@ pub mod recovery;
 pub mod store;
 pub mod telemetry;
 pub mod trust;
+pub mod user_names;

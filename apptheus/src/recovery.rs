@@ -84,7 +84,7 @@ fn info_from_name(name: &str, cg: &ContainerCgroup, any_pid: i32) -> ContainerIn
     let user = procfs::process::Process::new(owner)
         .and_then(|p| p.uid())
         .ok()
-        .map(|uid| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()).unwrap_or_else(|| uid.to_string()))
+        .map(crate::user_names::name_of)
         .unwrap_or_default();
     let started = cg
         .dirs
