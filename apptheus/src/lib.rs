@@ -7,7 +7,8 @@
 //! - [`cgroup`]: hierarchy layout, container cgroups, sampling per cgroup version
 //! - [`kernfs`]: every kernel file format, parsed in one place each
 //! - [`proctree`]: descendants of a launcher from /proc
-//! - [`store`], [`exposition`], [`telemetry`]: the metric store and its Prometheus rendering
+//! - [`store`], [`exposition`], [`telemetry`]: the metric store, the container series written
+//!   from it at each scrape, the agent's own series
 //! - [`monitor`]: the per-container sampling task
 //! - [`http`]: the metrics endpoint
 //! - [`exec`]: our own launcher, `apptheus exec`

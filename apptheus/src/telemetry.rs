@@ -1,15 +1,17 @@
-//! The agent's own series (`apptheus_*`, `process_*`) and the registry that also carries the
-//! container collector, so one gather renders everything.
+//! The agent's own series (`apptheus_*`, `process_*`) in a prometheus registry, and the
+//! container series ([`Exposition`]), which a scrape writes around them in name order.
 
 use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::exposition::ContainerCollector;
+use crate::exposition::Exposition;
 use crate::store::Store;
 
 pub struct Telemetry {
     pub registry: Registry,
+    /// The container series: written straight from the store, not gathered as protos.
+    pub exposition: Exposition,
     /// `apptheus_connections_total{result="accepted|refused|failed"}`.
     pub connections: IntCounterVec,
     pub containers: IntGauge,
@@ -84,9 +86,9 @@ impl Telemetry {
         registry.register(Box::new(sample_duration.clone()))?;
         registry.register(Box::new(sample_errors.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        registry.register(Box::new(ContainerCollector::new(store, legacy)))?;
         Ok(Telemetry {
             registry,
+            exposition: Exposition::new(store, legacy),
             connections,
             containers,
             sample_duration,

@@ -7,6 +7,7 @@
 //! - [`auth`]: basic auth against bcrypt hashes, with a cache;
 //! - [`routes`]: `--web.external-url`, `--web.route-prefix` and the paths served;
 //! - [`negotiate`], [`openmetrics`]: content negotiation and the OpenMetrics encoder;
+//! - [`render`]: the body of a scrape (own and container families, gzip);
 //! - [`service`]: what each request gets (limits, auth, routes, scrapes);
 //! - [`server`]: the accept loop, connection limits, hyper, graceful shutdown.
 //!
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod live;
 pub mod negotiate;
 pub mod openmetrics;
+pub mod render;
 pub mod routes;
 pub mod server;
 pub mod service;

@@ -11,44 +11,33 @@
 //!
 //! `_created` series, `# UNIT` and exemplars are not written (the registry has none).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::exposition::{escape, number, openmetrics_header as header};
+
 /// Render `families` (as `Registry::gather` returns them: sorted, one family per name).
-pub fn encode(families: &[MetricFamily]) -> String {
-    let mut out = String::with_capacity(64 * 1024);
+pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * 1024);
     for mf in families {
         encode_family(mf, &mut out);
     }
-    out.push_str("# EOF\n");
+    out.extend_from_slice(EOF);
     out
 }
 
-fn encode_family(mf: &MetricFamily, out: &mut String) {
+/// The last line of an OpenMetrics exposition.
+pub const EOF: &[u8] = b"# EOF\n";
+
+/// Append one family (nothing when it has no metrics).
+pub fn encode_family(mf: &MetricFamily, out: &mut Vec<u8>) {
     let name = mf.name();
     if name.is_empty() || mf.get_metric().is_empty() {
         return;
     }
     let kind = mf.get_field_type();
-    let (family, type_name) = match kind {
-        MetricType::COUNTER => match name.strip_suffix("_total") {
-            Some(short) => (short, "counter"),
-            None => (name, "unknown"),
-        },
-        MetricType::GAUGE => (name, "gauge"),
-        MetricType::HISTOGRAM => (name, "histogram"),
-        MetricType::SUMMARY => (name, "summary"),
-        MetricType::UNTYPED => (name, "unknown"),
-    };
-    if !mf.help().is_empty() {
-        out.push_str("# HELP ");
-        out.push_str(family);
-        out.push(' ');
-        escape_into(mf.help(), out);
-        out.push('\n');
-    }
-    let _ = writeln!(out, "# TYPE {family} {type_name}");
+    header(name, mf.help(), kind, out);
 
     for m in mf.get_metric() {
         match kind {
@@ -86,16 +75,14 @@ enum Value {
     Int(u64),
 }
 
-fn sample(out: &mut String, name: &str, suffix: &str, m: &Metric, extra: Option<(&str, f64)>, value: Value) {
-    out.push_str(name);
-    out.push_str(suffix);
+fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, m: &Metric, extra: Option<(&str, f64)>, value: Value) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
     labels(out, m.get_label(), extra);
-    out.push(' ');
+    out.push(b' ');
     match value {
-        Value::Float(v) => float_into(v, out),
-        Value::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Value::Float(v) => number::openmetrics(v, out),
+        Value::Int(v) => number::unsigned(v, out),
     }
     if m.has_timestamp_ms() {
         // Seconds, exactly: no float round trip.
@@ -104,72 +91,30 @@ fn sample(out: &mut String, name: &str, suffix: &str, m: &Metric, extra: Option<
         let abs = ms.unsigned_abs();
         let _ = write!(out, " {sign}{}.{:03}", abs / 1000, abs % 1000);
     }
-    out.push('\n');
+    out.push(b'\n');
 }
 
-fn labels(out: &mut String, pairs: &[LabelPair], extra: Option<(&str, f64)>) {
+fn labels(out: &mut Vec<u8>, pairs: &[LabelPair], extra: Option<(&str, f64)>) {
     if pairs.is_empty() && extra.is_none() {
         return;
     }
-    let mut sep = '{';
+    let mut sep = b'{';
     for lp in pairs {
         out.push(sep);
-        out.push_str(lp.name());
-        out.push_str("=\"");
-        escape_into(lp.value(), out);
-        out.push('"');
-        sep = ',';
+        out.extend_from_slice(lp.name().as_bytes());
+        out.extend_from_slice(b"=\"");
+        escape(lp.value(), true, out);
+        out.push(b'"');
+        sep = b',';
     }
     if let Some((k, v)) = extra {
         out.push(sep);
-        out.push_str(k);
-        out.push_str("=\"");
-        bound_into(v, out);
-        out.push('"');
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"=\"");
+        number::openmetrics_bound(v, out);
+        out.push(b'"');
     }
-    out.push('}');
-}
-
-/// OpenMetrics escaping of HELP texts and label values.
-fn escape_into(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '"' => out.push_str("\\\""),
-            c => out.push(c),
-        }
-    }
-}
-
-/// A float as OpenMetrics wants it: `+Inf`, `-Inf`, `NaN`, otherwise the shortest round-trip
-/// form with a `.` or an exponent (`1.0`, `0.25`, `1e-5`, `1e21`).
-fn float_into(v: f64, out: &mut String) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v == f64::INFINITY {
-        out.push_str("+Inf");
-    } else if v == f64::NEG_INFINITY {
-        out.push_str("-Inf");
-    } else {
-        // Rust's Debug for f64 is the shortest round-trip representation and always has a '.'
-        // or an 'e' ("1.0", "1e-7", "1e16").
-        let _ = write!(out, "{v:?}");
-    }
-}
-
-/// A bucket bound or quantile as a label value: the digits the text format (the prometheus
-/// crate's `to_string`) writes, so that `le` series are the same whichever format Prometheus
-/// negotiated, plus `.0` on whole numbers as OpenMetrics wants (`le="1.0"`, as Go writes it).
-fn bound_into(v: f64, out: &mut String) {
-    if v.is_nan() || v.is_infinite() {
-        return float_into(v, out);
-    }
-    let text = v.to_string();
-    out.push_str(&text);
-    if !text.contains(['.', 'e']) {
-        out.push_str(".0");
-    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
@@ -179,9 +124,13 @@ mod tests {
     use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
     fn float(v: f64) -> String {
-        let mut s = String::new();
-        float_into(v, &mut s);
-        s
+        let mut s = Vec::new();
+        number::openmetrics(v, &mut s);
+        String::from_utf8(s).unwrap()
+    }
+
+    fn text(families: &[MetricFamily]) -> String {
+        String::from_utf8(encode(families)).unwrap()
     }
 
     #[test]
@@ -202,9 +151,9 @@ mod tests {
     #[test]
     fn bounds_match_the_text_format_digits() {
         let bound = |v: f64| {
-            let mut s = String::new();
-            bound_into(v, &mut s);
-            s
+            let mut s = Vec::new();
+            number::openmetrics_bound(v, &mut s);
+            String::from_utf8(s).unwrap()
         };
         assert_eq!(bound(0.00001), "0.00001");
         assert_eq!(bound(0.5), "0.5");
@@ -232,7 +181,7 @@ mod tests {
 
     #[test]
     fn renders_counters_gauges_histograms_and_eof() {
-        let text = encode(&registry().gather());
+        let text = text(&registry().gather());
         let expected = "\
 # HELP jobs Jobs \\\"done\\\"\\\\ by\\nresult.
 # TYPE jobs counter
@@ -258,7 +207,7 @@ queue_length 7.0
         let mut mf = IntCounterVec::new(Opts::new("events", "Events."), &[]).unwrap();
         mf.with_label_values::<&str>(&[]).inc();
         let mut families = mf.collect();
-        let text = encode(&families);
+        let text = self::text(&families);
         assert!(text.contains("# TYPE events unknown\nevents 1.0\n"), "{text}");
         families[0].set_field_type(MetricType::UNTYPED);
         let mut m = families[0].get_metric()[0].clone();
@@ -267,9 +216,9 @@ queue_length 7.0
         m.untyped = Some(u).into();
         m.set_timestamp_ms(1_700_000_000_123);
         families[0].set_metric(vec![m]);
-        let text = encode(&families);
+        let text = self::text(&families);
         assert!(text.contains("# TYPE events unknown\nevents 2.5 1700000000.123\n"), "{text}");
         mf = IntCounterVec::new(Opts::new("x_total", "X."), &[]).unwrap();
-        assert_eq!(encode(&mf.collect()), "# EOF\n", "families without metrics are left out");
+        assert_eq!(self::text(&mf.collect()), "# EOF\n", "families without metrics are left out");
     }
 }

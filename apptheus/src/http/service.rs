@@ -8,7 +8,6 @@
 //! run on the blocking pool, so a slow scrape never stalls the runtime; the scrape slot is held
 //! until that work is done, even if the request timed out.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, ProtobufEncoder, TextEncoder};
 use tokio::sync::Semaphore;
 
 use super::auth::Authenticator;
 use super::live::LiveConfig;
-use super::negotiate::{self, Format};
-use super::openmetrics;
+use super::negotiate;
+use super::render::render;
 use super::routes::Routes;
 use crate::agent::Agent;
 
@@ -151,26 +149,6 @@ async fn metrics(shared: &Shared, headers: &HeaderMap) -> Response {
             (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response()
         }
     }
-}
-
-/// Gather every series and encode them in `format`, gzipped if asked.
-pub fn render(agent: &Agent, format: Format, gzip: bool) -> anyhow::Result<Vec<u8>> {
-    let families = agent.telemetry.registry.gather();
-    let mut body = Vec::with_capacity(64 * 1024);
-    match format {
-        Format::Text => TextEncoder::new().encode(&families, &mut body)?,
-        Format::Protobuf => ProtobufEncoder::new().encode(&families, &mut body)?,
-        Format::OpenMetrics(_) => body = openmetrics::encode(&families).into_bytes(),
-    }
-    drop(families);
-    // A scrape of thousands of series allocates megabytes for a moment: hand them back.
-    crate::heap::release_free_memory();
-    if !gzip {
-        return Ok(body);
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
-    gz.write_all(&body)?;
-    Ok(gz.finish()?)
 }
 
 fn landing(r: &Routes) -> Response {

@@ -1,5 +1,7 @@
-//! Turning the store into Prometheus metric families at scrape time: cAdvisor's names, types
-//! and units for the container series, plus the Go Apptheus legacy series.
+//! The reference for the tests: the container series as earlier releases built them, as
+//! `prometheus` protos from a `Collector` that a `Registry` gathers and the crate's encoders (or
+//! our OpenMetrics one) encode. Kept as it was (apptheus/src/exposition.rs at dca01a0), so the
+//! direct writers are compared byte for byte with what was served before them.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
