@@ -13,8 +13,10 @@ pub const RUNQ_SLOTS: usize = 32;
 /// Bound of `MONITORED` and `COUNTERS`: how many containers can be watched at once.
 pub const MAX_CGROUPS: u32 = 4096;
 
-/// Bound of `RUNQ_START`: tasks of monitored cgroups that are waiting on a run queue at the same
-/// moment. An LRU map, so a full map drops the oldest sample instead of failing.
+/// Bound of `RUNQ_START`, used only on kernels where the programs cannot read run-queue waits
+/// from `task_struct.sched_info` (see [`KernelOffsets::runq_from_sched_info`]): tasks of monitored
+/// cgroups that are waiting on a run queue at the same moment. An LRU map, so a full map drops the
+/// oldest sample instead of failing. Elsewhere the agent creates the map with one entry.
 pub const MAX_QUEUED_TASKS: u32 = 16384;
 
 /// Per-container counters, one copy per CPU (`PERCPU_HASH`), summed in user space.
@@ -44,10 +46,14 @@ pub struct RunqStart {
     pub cgroup_id: u64,
 }
 
-/// Byte offsets of the kernel struct fields the programs read from tasks other than `current`.
+/// Byte offsets of the kernel struct fields the programs read from `task_struct`s and cgroups, and
+/// which optional ways of reading them this kernel allows.
 ///
 /// Rust eBPF has no CO-RE relocations yet, so user space reads these from the running kernel's
 /// BTF (`/sys/kernel/btf/vmlinux`) and writes them into the `OFFSETS` global before loading.
+/// `OFFSETS` is frozen, read-only data: the verifier sees every field as a constant, checks each
+/// load against the kernel's BTF and drops the branches that a zero flag disables.
+///
 /// The cgroup id of a task is `task->cgroups->dfl_cgrp->kn->id`, the same value
 /// `bpf_get_current_cgroup_id()` returns for `current` and the inode of its cgroup v2 directory.
 #[repr(C)]
@@ -63,14 +69,66 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (`u64`)
     pub kernfs_node_id: u32,
+    /// `cgroup.level` (`int`: 0 for the root cgroup)
+    pub cgroup_level: u32,
+    /// `cgroup.self.parent` (`struct cgroup_subsys_state *`, null for the root cgroup)
+    pub cgroup_parent_css: u32,
+    /// `cgroup_subsys_state.cgroup` (`struct cgroup *`)
+    pub css_cgroup: u32,
+    /// `task_struct.sched_info.last_queued` (`unsigned long long`): when the task was put on a
+    /// run queue (woken, or preempted while runnable) in `rq_clock` time; 0 while not queued.
+    pub task_last_queued: u32,
+    /// `task_struct.se.cfs_rq` (`struct cfs_rq *`: set for every task, whatever its class)
+    pub task_cfs_rq: u32,
+    /// `cfs_rq.rq` (`struct rq *`)
+    pub cfs_rq_rq: u32,
+    /// `rq.clock` (`u64`): the run queue's `rq_clock`, updated by `__schedule` before the switch.
+    pub rq_clock: u32,
+    /// Non-zero when `cgroup_level`, `cgroup_parent_css` and `css_cgroup` are known: the
+    /// programs then apply [`TaskFilter`] before any map lookup.
+    pub has_task_filter: u32,
+    /// Non-zero when `task_last_queued` .. `rq_clock` are known: `sched_switch` takes a task's
+    /// run-queue wait from the kernel's own `sched_info` (what `/proc/<pid>/schedstat` sums as
+    /// run_delay) and the sched_wakeup programs and `RUNQ_START` are not used. Zero: the
+    /// sched_wakeup programs stamp each wait's start in `RUNQ_START`.
+    pub runq_from_sched_info: u32,
+}
+
+/// Where the cgroups that can be watched are, so that the programs dismiss the tasks of every
+/// other cgroup with a few loads instead of a hash lookup. The one value of the `TASK_FILTER`
+/// array, written by user space. The `MONITORED` map still decides; this only narrows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    /// Cgroup id of the parent of every watched cgroup (0: no filter, every task is looked up).
+    pub parent_id: u64,
+    /// Level of every watched cgroup (`cgroup.level`, the root's children are 1); 0: any level.
+    pub level: u32,
+    pub _pad: u32,
+}
+
+impl TaskFilter {
+    /// No filter: every task's cgroup is looked up in `MONITORED`.
+    pub const OFF: TaskFilter = TaskFilter {
+        parent_id: 0,
+        level: 0,
+        _pad: 0,
+    };
+    /// Nothing watched yet: no cgroup has this level.
+    pub const NOTHING: TaskFilter = TaskFilter {
+        parent_id: u64::MAX,
+        level: u32::MAX,
+        _pad: 0,
+    };
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all three are #[repr(C)], made of integers only, with no padding.
+    // SAFETY: all four are #[repr(C)], made of integers only, with no padding.
     unsafe impl aya::Pod for super::CgroupCounters {}
     unsafe impl aya::Pod for super::RunqStart {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::TaskFilter {}
 }
 
 /// Histogram slot of a latency in nanoseconds: `floor(log2(ns))`, clamped to the last slot.
@@ -108,6 +166,7 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<CgroupCounters>(), 8 * (11 + RUNQ_SLOTS));
         assert_eq!(size_of::<RunqStart>(), 16);
-        assert_eq!(size_of::<KernelOffsets>(), 4 * 5);
+        assert_eq!(size_of::<KernelOffsets>(), 4 * 14);
+        assert_eq!(size_of::<TaskFilter>(), 16);
     }
 }

@@ -1,12 +1,13 @@
 //! Maps shared by all programs, and the counter helpers.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
-use apptheus_common::{CgroupCounters, KernelOffsets, RunqStart, MAX_CGROUPS, MAX_QUEUED_TASKS};
+use apptheus_common::{
+    CgroupCounters, KernelOffsets, RunqStart, TaskFilter, MAX_CGROUPS, MAX_QUEUED_TASKS,
+};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuHashMap},
-    Global,
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
 };
 
 /// cgroup id -> 1 for every watched container; written only by user space.
@@ -23,21 +24,60 @@ pub static COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, BPF_F_NO_PREALLOC);
 
 /// task_struct address -> when it went onto a run queue (woken, or preempted while runnable).
-/// Only tasks of monitored cgroups get entries; switch-in and exit delete them. LRU with
-/// MAX_QUEUED_TASKS (16384) entries, ~1.5 MiB: a full map evicts the oldest sample.
+/// Used only where `OFFSETS.runq_from_sched_info` is 0 (the agent creates it with one entry
+/// elsewhere). Only tasks of monitored cgroups get entries; switch-in and exit delete them. LRU
+/// with MAX_QUEUED_TASKS (16384) entries, ~1.5 MiB: a full map evicts the oldest sample.
 #[map]
 pub static RUNQ_START: LruHashMap<u64, RunqStart> =
     LruHashMap::with_max_entries(MAX_QUEUED_TASKS, 0);
 
-/// Kernel struct field offsets, written by user space from the kernel's BTF before load.
+/// One `TaskFilter`, written by user space: the parent and level of the watched cgroups. Zero
+/// (the map's initial value) is no filter.
+#[map]
+pub static TASK_FILTER: Array<TaskFilter> = Array::with_max_entries(1, 0);
+
+/// Kernel struct field offsets, written by user space from the kernel's BTF before load. Read
+/// one field at a time with [`offset!`]: loading the whole struct would be one load per field.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     task_cgroups: 0,
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
-});
+    cgroup_level: 0,
+    cgroup_parent_css: 0,
+    css_cgroup: 0,
+    task_last_queued: 0,
+    task_cfs_rq: 0,
+    cfs_rq_rq: 0,
+    rq_clock: 0,
+    has_task_filter: 0,
+    runq_from_sched_info: 0,
+};
+
+/// One field of `OFFSETS`. Volatile, or the compiler would fold in the zeros above; the
+/// verifier knows the value (frozen `.rodata`) and prunes what a zero flag disables.
+macro_rules! offset {
+    ($field:ident) => {{
+        // SAFETY: a plain read of a static (the macro may expand inside another unsafe block).
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(&raw const $crate::maps::OFFSETS.$field) };
+        value
+    }};
+}
+pub(crate) use offset;
+
+/// The current task filter (no filter if the map cannot be read).
+#[inline(always)]
+pub fn task_filter() -> TaskFilter {
+    match TASK_FILTER.get(0) {
+        // SAFETY: a map value, read once; user space may rewrite it meanwhile, which only
+        // changes which filter this run applies.
+        Some(f) => unsafe { core::ptr::read_volatile(f) },
+        None => TaskFilter::OFF,
+    }
+}
 
 #[inline(always)]
 pub fn is_monitored(cgroup_id: u64) -> bool {

@@ -7,9 +7,18 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{add, counters, is_monitored, RUNQ_START},
+    maps::{add, counters, is_monitored, offset, RUNQ_START},
     task,
 };
+
+/// Drops any run-queue stamp of the exiting thread (kept only where the sched_wakeup programs
+/// stamp waits).
+#[inline(always)]
+fn forget_runq_start(p: u64) {
+    if offset!(runq_from_sched_info) == 0 {
+        let _ = RUNQ_START.remove(p);
+    }
+}
 
 #[inline(always)]
 fn count(field: impl FnOnce(*mut apptheus_common::CgroupCounters) -> *mut u64) {
@@ -46,7 +55,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let p: u64 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
-    let _ = RUNQ_START.remove(p);
+    forget_runq_start(p);
     if group_dead & 1 != 0 {
         count(|c| unsafe { &raw mut (*c).exits });
     }
@@ -60,7 +69,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit_leader(ctx: BtfTracePointContext) -> i32 {
     let p: u64 = ctx.arg(0);
-    let _ = RUNQ_START.remove(p);
+    forget_runq_start(p);
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
         count(|c| unsafe { &raw mut (*c).exits });

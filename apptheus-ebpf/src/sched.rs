@@ -1,13 +1,18 @@
 //! Context switches (voluntary / involuntary) and run-queue latency.
-use apptheus_common::{runq_slot, RunqStart, RUNQ_SLOTS};
-use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-};
+//!
+//! Run-queue waits come from the kernel's own stamp where the offsets are known
+//! (`OFFSETS.runq_from_sched_info`): `sched_switch` alone measures them, for the task it
+//! switches in. Elsewhere `sched_wakeup` / `sched_wakeup_new` (loaded only then) and preemption
+//! in `sched_switch` stamp a wait's start in `RUNQ_START`, and `sched_switch` closes it.
+//!
+//! Every task is first checked against the task filter (`task::watchable_cgroup_id`), so tasks
+//! outside the watched cgroups' parent cost a few loads and no map lookup: sched_switch runs for
+//! every task on the machine.
+use apptheus_common::{runq_slot, CgroupCounters, RunqStart, RUNQ_SLOTS};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    maps::{add, counters, is_monitored, RUNQ_START},
+    maps::{add, counters, is_monitored, offset, task_filter, RUNQ_START},
     task,
 };
 
@@ -16,62 +21,83 @@ use crate::{
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
-    let prev: u64 = ctx.arg(1);
-    let next: u64 = ctx.arg(2);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
     let prev_state: u32 = ctx.arg(3);
+    let from_sched_info = offset!(runq_from_sched_info) != 0;
+    let filter = task_filter();
     // The clock is read only where needed: most switches are of unwatched tasks.
     let mut now = 0;
 
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if is_monitored(cgroup_id) {
-        // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted and
-        // not TASK_RUNNING); a preempted or yielding task stays runnable.
-        let voluntary = preempt == 0 && prev_state != 0;
-        if let Some(c) = counters(cgroup_id) {
-            unsafe {
-                if voluntary {
-                    add(&raw mut (*c).voluntary_switches, 1);
-                } else {
-                    add(&raw mut (*c).involuntary_switches, 1);
+    if let Some(cgroup_id) = task::watchable_cgroup_id(prev, &filter) {
+        if is_monitored(cgroup_id) {
+            // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted
+            // and not TASK_RUNNING); a preempted or yielding task stays runnable.
+            let voluntary = preempt == 0 && prev_state != 0;
+            if let Some(c) = counters(cgroup_id) {
+                unsafe {
+                    if voluntary {
+                        add(&raw mut (*c).voluntary_switches, 1);
+                    } else {
+                        add(&raw mut (*c).involuntary_switches, 1);
+                    }
                 }
             }
-        }
-        if !voluntary {
-            // Still runnable: its run-queue wait starts now.
-            now = unsafe { bpf_ktime_get_ns() };
-            let start = RunqStart {
-                ts_ns: now,
-                cgroup_id,
-            };
-            let _ = RUNQ_START.insert(prev, start, 0);
+            if !voluntary && !from_sched_info {
+                // Still runnable: its run-queue wait starts now.
+                now = unsafe { bpf_ktime_get_ns() };
+                let start = RunqStart {
+                    ts_ns: now,
+                    cgroup_id,
+                };
+                let _ = RUNQ_START.insert(prev as u64, start, 0);
+            }
         }
     }
 
-    // `next` leaves the run queue: close its wait, whichever cgroup it was counted for.
-    if let Some(start) = RUNQ_START.get_ptr(next) {
+    // `next` leaves the run queue. Only tasks that pass the filter can have been stamped in
+    // RUNQ_START (a task moved out of the watched tree meanwhile loses that one sample; its
+    // entry goes at exit or by LRU).
+    let Some(cgroup_id) = task::watchable_cgroup_id(next, &filter) else {
+        return 0;
+    };
+    if from_sched_info {
+        if is_monitored(cgroup_id) {
+            if let (Some(c), Some(waited)) = (counters(cgroup_id), task::runq_wait(next)) {
+                record_wait(c, waited);
+            }
+        }
+    } else if let Some(start) = RUNQ_START.get_ptr(next as u64) {
+        // Closed whichever cgroup the wait was counted for.
         let start = unsafe { *start };
-        let _ = RUNQ_START.remove(next);
+        let _ = RUNQ_START.remove(next as u64);
         if let Some(c) = counters(start.cgroup_id) {
             if now == 0 {
                 now = unsafe { bpf_ktime_get_ns() };
             }
-            let waited = now.saturating_sub(start.ts_ns);
-            let slot = runq_slot(waited) & (RUNQ_SLOTS - 1);
-            unsafe {
-                add(&raw mut (*c).runq_latency_log2_ns[slot], 1);
-                add(&raw mut (*c).runq_latency_sum_ns, waited);
-            }
+            record_wait(c, now.saturating_sub(start.ts_ns));
         }
     }
     0
 }
 
+#[inline(always)]
+fn record_wait(c: *mut CgroupCounters, waited: u64) {
+    let slot = runq_slot(waited) & (RUNQ_SLOTS - 1);
+    unsafe {
+        add(&raw mut (*c).runq_latency_log2_ns[slot], 1);
+        add(&raw mut (*c).runq_latency_sum_ns, waited);
+    }
+}
+
+/// Loaded only where `OFFSETS.runq_from_sched_info` is 0.
 #[btf_tracepoint(function = "sched_wakeup")]
 pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
     runq_enter(ctx.arg(0));
     0
 }
 
+/// Loaded only where `OFFSETS.runq_from_sched_info` is 0.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
     runq_enter(ctx.arg(0));
@@ -81,7 +107,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 /// A woken task (not `current`) enters a run queue.
 #[inline(always)]
 fn runq_enter(p: *const u8) {
-    let Some(cgroup_id) = task::cgroup_id(p) else {
+    let Some(cgroup_id) = task::watchable_cgroup_id(p, &task_filter()) else {
         return;
     };
     if is_monitored(cgroup_id) {

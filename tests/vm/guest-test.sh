@@ -224,6 +224,10 @@ check_ebpf() {
   check "$phase: idle execs >= 1 (sleep)" "$got" ge "$got" 1
   got=$(value container_context_switches_total "$busy")
   check "$phase: busy context switches > 0" "$got" gt "$got" 0
+  got=$(value container_runqueue_latency_seconds_count "$busy")
+  check "$phase: busy run-queue waits > 0" "$got" gt "$got" 0
+  got=$(value apptheus_ebpf_program_attached 'program="sched_wakeup"')
+  note "$phase: sched_wakeup program: $got (none: run-queue waits read from sched_info)"
   got=$(value container_network_transmit_bytes_total "$busy")
   check "$phase: busy network transmit >= 2 MiB (loopback)" "$got" ge "$got" $((2 * MIB))
   got=$(value container_network_receive_bytes_total "$busy")

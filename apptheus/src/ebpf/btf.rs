@@ -9,17 +9,70 @@ use apptheus_common::KernelOffsets;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// Reads the offsets the eBPF programs need from raw BTF data.
-pub fn kernel_offsets(data: &[u8]) -> Result<KernelOffsets> {
+/// Reads the offsets the eBPF programs need from raw BTF data. The task filter and the run-queue
+/// waits from `sched_info` are optional: when their fields are missing, their flag stays 0 and
+/// `missing` says why (the programs then look every task up, and stamp waits themselves).
+pub fn kernel_offsets(data: &[u8]) -> Result<Offsets> {
     let btf = Btf::parse(data)?;
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         task_tgid: btf.member("task_struct", "tgid", Want::Int(4))?,
         task_cgroups: btf.member("task_struct", "cgroups", Want::Ptr)?,
         css_set_dfl_cgrp: btf.member("css_set", "dfl_cgrp", Want::Ptr)?,
         cgroup_kn: btf.member("cgroup", "kn", Want::Ptr)?,
         // A u64 since Linux 5.5; before, a union that this reader rejects.
         kernfs_node_id: btf.member("kernfs_node", "id", Want::Int(8))?,
-    })
+        ..KernelOffsets::default()
+    };
+    let mut missing = Vec::new();
+    let filter = || -> Result<(u32, u32, u32)> {
+        Ok((
+            btf.member("cgroup", "level", Want::Int(4))?,
+            btf.member("cgroup", "self", Want::Struct("cgroup_subsys_state"))?
+                + btf.member("cgroup_subsys_state", "parent", Want::Ptr)?,
+            btf.member("cgroup_subsys_state", "cgroup", Want::Ptr)?,
+        ))
+    };
+    match filter() {
+        Ok((level, parent_css, css_cgroup)) => {
+            offsets.cgroup_level = level;
+            offsets.cgroup_parent_css = parent_css;
+            offsets.css_cgroup = css_cgroup;
+            offsets.has_task_filter = 1;
+        }
+        Err(e) => missing.push(format!("no task filter: {e:#}")),
+    }
+    // CONFIG_SCHED_INFO (selected by TASK_DELAY_ACCT or SCHEDSTATS) and CONFIG_FAIR_GROUP_SCHED.
+    let runq = || -> Result<(u32, u32, u32, u32)> {
+        Ok((
+            btf.member("task_struct", "sched_info", Want::Struct("sched_info"))?
+                + btf.member("sched_info", "last_queued", Want::Int(8))?,
+            btf.member("task_struct", "se", Want::Struct("sched_entity"))?
+                + btf.member("sched_entity", "cfs_rq", Want::Ptr)?,
+            btf.member("cfs_rq", "rq", Want::Ptr)?,
+            btf.member("rq", "clock", Want::Int(8))?,
+        ))
+    };
+    match runq() {
+        Ok((last_queued, cfs_rq, rq, clock)) => {
+            offsets.task_last_queued = last_queued;
+            offsets.task_cfs_rq = cfs_rq;
+            offsets.cfs_rq_rq = rq;
+            offsets.rq_clock = clock;
+            offsets.runq_from_sched_info = 1;
+        }
+        Err(e) => missing.push(format!(
+            "run-queue waits stamped by sched_wakeup programs: {e:#}"
+        )),
+    }
+    Ok(Offsets { offsets, missing })
+}
+
+/// What [`kernel_offsets`] found.
+#[derive(Clone, Debug)]
+pub struct Offsets {
+    pub offsets: KernelOffsets,
+    /// One line per optional feature this kernel's BTF does not allow.
+    pub missing: Vec<String>,
 }
 
 const KIND_INT: u32 = 1;
@@ -38,6 +91,8 @@ const KIND_TYPE_TAG: u32 = 18;
 enum Want {
     Ptr,
     Int(u32),
+    /// An embedded struct of this name.
+    Struct(&'static str),
 }
 
 #[derive(Clone, Copy)]
@@ -168,6 +223,7 @@ impl<'a> Btf<'a> {
         let ok = match want {
             Want::Ptr => ty.kind() == KIND_PTR,
             Want::Int(size) => ty.kind() == KIND_INT && ty.size_or_type == size,
+            Want::Struct(name) => ty.kind() == KIND_STRUCT && self.name(&ty) == name.as_bytes(),
         };
         ensure!(
             ok,
@@ -217,10 +273,10 @@ impl<'a> Btf<'a> {
 mod tests {
     use super::*;
 
-    /// Builds BTF: `struct outer { int a; union { long pad; u64 id; }; void *p; }` and
-    /// `typedef unsigned long long u64`.
+    /// Builds BTF: `struct outer { int a; union { long pad; u64 id; }; void *p; }`,
+    /// `typedef unsigned long long u64` and `struct wrap { int a; struct outer o; }`.
     fn synthetic() -> Vec<u8> {
-        let strings = b"\0outer\0a\0pad\0id\0p\0int\0u64\0ull\0long\0";
+        let strings = b"\0outer\0a\0pad\0id\0p\0int\0u64\0ull\0long\0wrap\0o\0";
         let s = |name: &str| {
             let needle = [b"\0", name.as_bytes(), b"\0"].concat();
             strings
@@ -252,6 +308,17 @@ mod tests {
             5,
             128,
         ]); // 7
+        push(&[
+            s("wrap"),
+            info(KIND_STRUCT, 2, 0),
+            32,
+            s("a"),
+            1,
+            0,
+            s("o"),
+            7,
+            64,
+        ]); // 8
         let mut blob = Vec::new();
         blob.extend([0x9f, 0xeb, 1, 0]);
         blob.extend(24u32.to_le_bytes());
@@ -276,6 +343,9 @@ mod tests {
             "type is checked"
         );
         assert!(btf.member("outer", "nope", Want::Ptr).is_err());
+        assert_eq!(btf.member("wrap", "o", Want::Struct("outer")).unwrap(), 8);
+        assert!(btf.member("wrap", "o", Want::Struct("other")).is_err());
+        assert!(btf.member("wrap", "a", Want::Struct("outer")).is_err());
         assert!(btf.member("inner", "a", Want::Ptr).is_err());
     }
 
@@ -294,7 +364,8 @@ mod tests {
             eprintln!("SKIP: no {VMLINUX}");
             return;
         };
-        let off = kernel_offsets(&data).unwrap();
+        let found = kernel_offsets(&data).unwrap();
+        let off = found.offsets;
         assert!(
             off.task_tgid > 0 && off.task_cgroups > off.task_tgid,
             "{off:?}"
@@ -303,5 +374,18 @@ mod tests {
             off.css_set_dfl_cgrp > 0 && off.cgroup_kn > 0 && off.kernfs_node_id > 0,
             "{off:?}"
         );
+        eprintln!("{found:?}");
+        if off.has_task_filter != 0 {
+            // `self` is the first member of struct cgroup, so its parent pointer comes early.
+            assert!(off.cgroup_level > 0, "{off:?}");
+            assert!(
+                off.cgroup_parent_css > 0 && off.cgroup_parent_css < off.cgroup_kn,
+                "{off:?}"
+            );
+        }
+        if off.runq_from_sched_info != 0 {
+            assert!(off.task_last_queued > 0 && off.task_cfs_rq > 0, "{off:?}");
+            assert!(off.cfs_rq_rq > 0 && off.rq_clock > 0, "{off:?}");
+        }
     }
 }

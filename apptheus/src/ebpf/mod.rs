@@ -8,11 +8,14 @@
 //!
 //! A container is counted once [`Ebpf::watch`] puts its cgroup id (the inode of its cgroup v2
 //! directory, see [`cgroup_id`]) into the `MONITORED` map. Only tasks and sockets in that exact
-//! cgroup count, not in cgroups below it.
+//! cgroup count, not in cgroups below it. Before that lookup the programs dismiss, with a few
+//! loads, every task whose cgroup has another parent or level than the watched ones (the
+//! `TASK_FILTER` map, which `watch` widens as needed; see [`TaskFilter`]): `sched_switch` runs
+//! for every task on the machine, and most are in no container.
 use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::{anyhow, Context as _, Result};
-use apptheus_common::{CgroupCounters, RUNQ_SLOTS};
+use apptheus_common::{CgroupCounters, TaskFilter, RUNQ_SLOTS};
 use aya::{
     maps::{HashMap as BpfHashMap, PerCpuHashMap, PerCpuValues},
     programs::{cgroup_skb::CgroupSkbLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
@@ -24,7 +27,7 @@ mod programs;
 #[cfg(test)]
 mod tests;
 
-use programs::PROGRAMS;
+use programs::{Fallbacks, PROGRAMS};
 
 /// The eBPF object, aligned for aya's ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("prebuilt/apptheus-ebpf.o");
@@ -109,6 +112,8 @@ struct Loaded {
     bpf: aya::Ebpf,
     /// cgroup_skb ingress and egress links per watched cgroup; dropping them detaches.
     skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
+    /// What `TASK_FILTER` holds, when the programs apply it.
+    task_filter: Option<TaskFilter>,
     _logs: Option<logs::LogPump>,
 }
 
@@ -122,30 +127,32 @@ impl Ebpf {
     /// Loads and attaches what this kernel allows. Never fails: each program that cannot be
     /// loaded or attached gets one warning line, and the rest go on.
     pub fn load(opts: &EbpfOptions) -> Ebpf {
-        Self::load_object(opts, OBJECT)
+        Self::load_object(opts, OBJECT, Fallbacks::default())
     }
 
-    fn load_object(opts: &EbpfOptions, object: &[u8]) -> Ebpf {
-        let mut attached: Vec<_> = PROGRAMS.iter().map(|p| (p.name, false)).collect();
+    fn load_object(opts: &EbpfOptions, object: &[u8], fallbacks: Fallbacks) -> Ebpf {
         if opts.disable {
             tracing::info!("eBPF disabled (--ebpf.disable): no kernel counters");
             return Ebpf {
                 loaded: None,
-                attached,
+                attached: PROGRAMS.iter().map(|p| (p.name, false)).collect(),
             };
         }
-        let loaded = match programs::load_object(object, opts.max_containers) {
-            Ok((mut bpf, btf)) => {
-                for (program, status) in PROGRAMS.iter().zip(attached.iter_mut()) {
-                    match programs::load_program(&mut bpf, &btf, program) {
-                        Ok(()) => status.1 = true,
-                        Err(e) => tracing::warn!(
-                            program = program.name,
-                            "eBPF program {} ({}) not attached: {e:#}",
-                            program.name,
-                            program.hook_description()
-                        ),
-                    }
+        let mut attached = Vec::new();
+        let loaded = match programs::load_object(object, opts.max_containers, fallbacks) {
+            Ok((mut bpf, kernel)) => {
+                for program in PROGRAMS.iter().filter(|p| kernel.needs(p)) {
+                    let ok = programs::load_program(&mut bpf, &kernel, program)
+                        .map_err(|e| {
+                            tracing::warn!(
+                                program = program.name,
+                                "eBPF program {} ({}) not attached: {e:#}",
+                                program.name,
+                                program.hook_description()
+                            )
+                        })
+                        .is_ok();
+                    attached.push((program.name, ok));
                 }
                 let logs = logs::LogPump::start(&mut bpf)
                     .map_err(|e| tracing::debug!("eBPF log forwarding unavailable: {e:#}"))
@@ -153,11 +160,13 @@ impl Ebpf {
                 Some(Loaded {
                     bpf,
                     skb_links: HashMap::new(),
+                    task_filter: kernel.has_task_filter().then_some(TaskFilter::NOTHING),
                     _logs: logs,
                 })
             }
             Err(e) => {
                 tracing::warn!("eBPF not loaded, kernel counters unavailable: {e:#}");
+                attached = PROGRAMS.iter().map(|p| (p.name, false)).collect();
                 None
             }
         };
@@ -173,13 +182,15 @@ impl Ebpf {
     pub fn up(&self) -> bool {
         PROGRAMS
             .iter()
-            .zip(&self.attached)
-            .all(|(program, (_, ok))| !program.core || *ok)
+            .filter(|program| program.core)
+            .all(|program| self.is_attached(program.name))
             && self.loaded.is_some()
     }
 
-    /// Each program and whether it is attached (for the cgroup_skb programs: loaded and ready
-    /// to be attached to each watched cgroup).
+    /// Each program this kernel needs and whether it is attached (for the cgroup_skb programs:
+    /// loaded and ready to be attached to each watched cgroup). Where `sched_switch` reads
+    /// run-queue waits from the kernel's `sched_info`, the sched_wakeup programs are not needed
+    /// and not listed.
     pub fn programs(&self) -> Vec<(&'static str, bool)> {
         self.attached.clone()
     }
@@ -237,10 +248,17 @@ impl Ebpf {
     fn is_attached(&self, name: &str) -> bool {
         self.attached.iter().any(|(n, ok)| *n == name && *ok)
     }
+
+    /// What `TASK_FILTER` holds, when the programs apply it.
+    #[cfg(test)]
+    fn task_filter(&self) -> Option<TaskFilter> {
+        self.loaded.as_ref()?.task_filter
+    }
 }
 
 impl Loaded {
     fn watch(&mut self, cgroup_id: u64, dir: &Path, skb_ready: bool) -> Result<()> {
+        self.admit_to_task_filter(dir)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); nr_cpus])?;
         let mut counters: PerCpuHashMap<_, u64, CgroupCounters> =
@@ -293,11 +311,84 @@ impl Loaded {
         self.skb_links.remove(&cgroup_id);
     }
 
+    /// Widens the task filter, before anything of `dir` is counted, so that it lets the tasks
+    /// of `dir` through: the first watched cgroup sets the parent and level, a cgroup with
+    /// another parent turns the filter off for good (every task is then looked up), another
+    /// level makes it any level. The agent's containers all share `--cgroup.parent`.
+    fn admit_to_task_filter(&mut self, dir: &Path) -> Result<()> {
+        let Some(current) = self.task_filter else {
+            return Ok(());
+        };
+        let wanted = task_filter_for(dir);
+        let next = if current == TaskFilter::NOTHING {
+            wanted
+        } else if current.parent_id == wanted.parent_id {
+            TaskFilter {
+                level: if current.level == wanted.level {
+                    current.level
+                } else {
+                    0
+                },
+                ..current
+            }
+        } else {
+            TaskFilter::OFF
+        };
+        if next != current {
+            programs::set_task_filter(&mut self.bpf, next)?;
+            self.task_filter = Some(next);
+            if next == TaskFilter::OFF {
+                tracing::info!(
+                    cgroup = %dir.display(),
+                    "eBPF task filter off: watched cgroups under different parents, every task's cgroup is looked up"
+                );
+            } else {
+                tracing::debug!(filter = ?next, "eBPF task filter");
+            }
+        }
+        Ok(())
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.bpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
     }
+}
+
+/// The task filter that lets exactly the cgroups beside `dir` through: its parent's id and its
+/// level where that is known. No filter when `dir` has no parent cgroup (the root) or cannot be
+/// read.
+fn task_filter_for(dir: &Path) -> TaskFilter {
+    let (Some(parent), Ok(meta)) = (dir.parent(), std::fs::metadata(dir)) else {
+        return TaskFilter::OFF;
+    };
+    match std::fs::metadata(parent) {
+        Ok(p) if p.dev() == meta.dev() && p.ino() != 0 => TaskFilter {
+            parent_id: p.ino(),
+            level: cgroup_level(dir).unwrap_or(0),
+            _pad: 0,
+        },
+        _ => TaskFilter::OFF,
+    }
+}
+
+/// The kernel's `cgroup.level` of a cgroup v2 directory: its depth below the top of its mount,
+/// provided that top is the hierarchy's root cgroup (id 1). A mount of a cgroup namespace or of
+/// a subtree starts lower; its levels are unknown (`None`), which only costs the filter its
+/// cheapest test.
+fn cgroup_level(dir: &Path) -> Option<u32> {
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let mut top = dir;
+    let mut level = 0;
+    while let Some(parent) = top.parent() {
+        if std::fs::metadata(parent).ok()?.dev() != dev {
+            break;
+        }
+        top = parent;
+        level += 1;
+    }
+    (cgroup_id(top).ok()? == 1).then_some(level)
 }
 
 /// The cgroup id of a cgroup v2 directory: its inode number, which is what

@@ -1,7 +1,8 @@
 //! The programs of the object, their hooks, and loading them one by one.
 use anyhow::{anyhow, Context as _, Result};
-use apptheus_common::KernelOffsets;
+use apptheus_common::{KernelOffsets, TaskFilter};
 use aya::{
+    maps::Array,
     programs::{BtfTracePoint, CgroupSkb, ProgramError},
     Btf, Ebpf, EbpfLoader, Endianness,
 };
@@ -26,6 +27,10 @@ pub struct Program {
     /// Function in the object to load for the same hook when the kernel rejects `name` (an
     /// older tracepoint signature).
     pub fallback: Option<&'static str>,
+    /// Only needed where `sched_switch` cannot read run-queue waits from the kernel's
+    /// `sched_info` (see [`KernelOffsets::runq_from_sched_info`]); elsewhere neither loaded nor
+    /// listed.
+    pub stamps_runq_waits: bool,
 }
 
 impl Program {
@@ -44,13 +49,20 @@ const fn tp(name: &'static str, tp: &'static str, core: bool, needs_offsets: boo
         core,
         needs_offsets,
         fallback: None,
+        stamps_runq_waits: false,
     }
 }
 
 pub const PROGRAMS: &[Program] = &[
-    tp("sched_switch", "sched_switch", true, false),
-    tp("sched_wakeup", "sched_wakeup", false, true),
-    tp("sched_wakeup_new", "sched_wakeup_new", false, true),
+    tp("sched_switch", "sched_switch", true, true),
+    Program {
+        stamps_runq_waits: true,
+        ..tp("sched_wakeup", "sched_wakeup", false, true)
+    },
+    Program {
+        stamps_runq_waits: true,
+        ..tp("sched_wakeup_new", "sched_wakeup_new", false, true)
+    },
     tp("sched_process_fork", "sched_process_fork", true, true),
     tp("sched_process_exec", "sched_process_exec", true, false),
     Program {
@@ -64,6 +76,7 @@ pub const PROGRAMS: &[Program] = &[
         core: false,
         needs_offsets: false,
         fallback: None,
+        stamps_runq_waits: false,
     },
     Program {
         name: "cgroup_skb_egress",
@@ -71,6 +84,7 @@ pub const PROGRAMS: &[Program] = &[
         core: false,
         needs_offsets: false,
         fallback: None,
+        stamps_runq_waits: false,
     },
 ];
 
@@ -80,10 +94,39 @@ pub struct Kernel {
     offsets: Result<KernelOffsets, String>,
 }
 
+impl Kernel {
+    /// Whether `program` is needed here (the wake-up stampers are not where `sched_switch`
+    /// reads run-queue waits from `sched_info`).
+    pub fn needs(&self, program: &Program) -> bool {
+        !(program.stamps_runq_waits && self.runq_from_sched_info())
+    }
+
+    fn runq_from_sched_info(&self) -> bool {
+        self.offsets
+            .as_ref()
+            .is_ok_and(|o| o.runq_from_sched_info != 0)
+    }
+
+    /// Whether the programs apply the `TASK_FILTER` map.
+    pub fn has_task_filter(&self) -> bool {
+        self.offsets.as_ref().is_ok_and(|o| o.has_task_filter != 0)
+    }
+}
+
+/// Ways of reading the kernel that can be turned off, to test the fallbacks on a kernel that
+/// has everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fallbacks {
+    /// Stamp run-queue waits with the sched_wakeup programs, as where `sched_info` is missing.
+    pub runq_stamps: bool,
+    /// No task filter, as where the cgroup fields are missing.
+    pub no_task_filter: bool,
+}
+
 /// Creates the maps and parses the object; programs are loaded separately so that one
 /// rejected program does not take the others down.
-/// Loads the object's maps, `MONITORED` and `COUNTERS` sized for `max_containers`.
-pub fn load_object(object: &[u8], max_containers: u32) -> Result<(Ebpf, Kernel)> {
+/// `MONITORED` and `COUNTERS` are sized for `max_containers`.
+pub fn load_object(object: &[u8], max_containers: u32, fallbacks: Fallbacks) -> Result<(Ebpf, Kernel)> {
     let (btf, offsets) = match std::fs::read(btf::VMLINUX) {
         Ok(raw) => (
             Btf::parse(&raw, Endianness::default()).ok(),
@@ -91,16 +134,55 @@ pub fn load_object(object: &[u8], max_containers: u32) -> Result<(Ebpf, Kernel)>
         ),
         Err(e) => (None, Err(format!("no kernel BTF ({}: {e})", btf::VMLINUX))),
     };
+    let offsets = offsets.map(|found| {
+        for line in &found.missing {
+            tracing::info!("eBPF: {line}");
+        }
+        let mut o = found.offsets;
+        if fallbacks.runq_stamps {
+            o.runq_from_sched_info = 0;
+        }
+        if fallbacks.no_task_filter {
+            o.has_task_filter = 0;
+        }
+        o
+    });
     // Without offsets the programs that need them are not loaded, so zeros are never read.
     let global = offsets.clone().unwrap_or_default();
-    let bpf = EbpfLoader::new()
-        .btf(btf.as_ref())
+    let mut kernel = Kernel { btf, offsets };
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(kernel.btf.as_ref())
         .override_global("OFFSETS", &global, true)
         .map_max_entries("MONITORED", max_containers)
-        .map_max_entries("COUNTERS", max_containers)
+        .map_max_entries("COUNTERS", max_containers);
+    if kernel.runq_from_sched_info() {
+        // Not used: one entry instead of ~1.5 MiB (LRU maps are preallocated).
+        loader.map_max_entries("RUNQ_START", 1);
+    }
+    let mut bpf = loader
         .load(object)
         .context("loading the eBPF object (maps need CAP_BPF or root)")?;
-    Ok((bpf, Kernel { btf, offsets }))
+    if kernel.has_task_filter() {
+        // Before any program runs: nothing is watched yet. Left at its initial zero, the map
+        // means no filter.
+        if let Err(e) = set_task_filter(&mut bpf, TaskFilter::NOTHING) {
+            tracing::warn!("eBPF task filter unavailable, every task is looked up: {e:#}");
+            if let Ok(o) = kernel.offsets.as_mut() {
+                o.has_task_filter = 0;
+            }
+        }
+    }
+    Ok((bpf, kernel))
+}
+
+/// Writes the one value of `TASK_FILTER`.
+pub fn set_task_filter(bpf: &mut Ebpf, filter: TaskFilter) -> Result<()> {
+    let map = bpf
+        .map_mut("TASK_FILTER")
+        .ok_or_else(|| anyhow!("eBPF object has no map TASK_FILTER"))?;
+    let mut array: Array<_, TaskFilter> = Array::try_from(map)?;
+    array.set(0, filter, 0).context("writing TASK_FILTER")
 }
 
 /// Loads one program into the kernel and, for tracepoints, attaches it; when the kernel rejects

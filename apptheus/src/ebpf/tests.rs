@@ -22,11 +22,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{cgroup_id, Ebpf, EbpfCounters, EbpfOptions};
+use apptheus_common::TaskFilter;
+
+use super::{
+    cgroup_id, cgroup_level, programs::Fallbacks, task_filter_for, Ebpf, EbpfCounters, EbpfOptions,
+    OBJECT,
+};
 
 const REQUIRE_ENV: &str = "APPTHEUS_REQUIRE_PRIVILEGED";
 const CHILD_ENV: &str = "APPTHEUS_EBPF_TEST_CHILD";
 const CHILD_DONE: &str = "APPTHEUS-EBPF-CHILD-DONE";
+const CHILD_READY: &str = "APPTHEUS-EBPF-CHILD-READY";
 
 /// One test at a time: they load their own programs and time workloads on 2 CPUs.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -38,6 +44,19 @@ struct Setup {
 
 /// Loads the programs, or says why the test cannot run (and fails if it is required to).
 fn setup() -> Option<Setup> {
+    setup_with(Fallbacks::default())
+}
+
+/// The programs as on a kernel without `sched_info` and the cgroup fields the task filter needs:
+/// the sched_wakeup programs stamp run-queue waits, and every task is looked up.
+fn setup_fallbacks() -> Option<Setup> {
+    setup_with(Fallbacks {
+        runq_stamps: true,
+        no_task_filter: true,
+    })
+}
+
+fn setup_with(fallbacks: Fallbacks) -> Option<Setup> {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let skip = |reason: String| -> Option<Setup> {
         if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
@@ -53,7 +72,7 @@ fn setup() -> Option<Setup> {
     if unified_root().is_none() {
         return skip("no cgroup v2 hierarchy mounted".into());
     }
-    let ebpf = Ebpf::load(&EbpfOptions::default());
+    let ebpf = Ebpf::load_object(&EbpfOptions::default(), OBJECT, fallbacks);
     if !ebpf.up() {
         return skip(format!("eBPF cannot load here: {:?}", ebpf.programs()));
     }
@@ -94,15 +113,24 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn new(tag: &str) -> Self {
+        let root = unified_root().expect("checked in setup");
+        let own = own_cgroup(|c| c.is_empty()).expect("a 0:: line in /proc/self/cgroup");
+        Self::new_below(&root.join(own.trim_start_matches('/')), tag)
+    }
+
+    /// A test cgroup below another one (dropped first, since declared later).
+    fn new_in(parent: &TestCgroup, tag: &str) -> Self {
+        Self::new_below(&parent.unified, tag)
+    }
+
+    fn new_below(dir: &Path, tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "apptheus-test-{}-{tag}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let root = unified_root().expect("checked in setup");
-        let own = own_cgroup(|c| c.is_empty()).expect("a 0:: line in /proc/self/cgroup");
-        let unified = root.join(own.trim_start_matches('/')).join(&name);
+        let unified = dir.join(&name);
         std::fs::create_dir(&unified)
             .unwrap_or_else(|e| panic!("mkdir {}: {e}", unified.display()));
         Self {
@@ -256,6 +284,39 @@ fn wait_done(child: &mut Child) {
     panic!("workload exited before finishing: {:?}", child.wait());
 }
 
+/// Reads the child's stdout up to the line `marker`.
+fn wait_line(lines: &mut std::io::Lines<BufReader<std::process::ChildStdout>>, marker: &str) {
+    for line in lines.by_ref() {
+        if line.expect("child stdout") == marker {
+            return;
+        }
+    }
+    panic!("workload exited before printing {marker}");
+}
+
+/// Waits until every thread of `pid` sleeps (state S or D in /proc/<pid>/task/*/stat), so that
+/// no run-queue wait of it is under way.
+fn wait_all_blocked(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let blocked = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("/proc/<pid>/task")
+            .all(|task| {
+                let stat = std::fs::read_to_string(task.expect("task").path().join("stat"))
+                    .unwrap_or_default();
+                let state = stat
+                    .rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next());
+                matches!(state, Some('S' | 'D'))
+            });
+        if blocked {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} never blocked");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn arg(role: &str) -> u64 {
     role.split_once(':')
         .and_then(|(_, n)| n.parse().ok())
@@ -275,6 +336,21 @@ fn child_process() {
         "sleep" => {
             for _ in 0..arg(&role) {
                 thread::sleep(Duration::from_micros(100));
+            }
+            println!("{CHILD_DONE}");
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+        }
+        // Wait for a byte on stdin, burn CPU for `n` ms, then stay alive (blocked on stdin)
+        // until the parent has read /proc.
+        "spin-wait" => {
+            println!("{CHILD_READY}");
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+            let end = Instant::now() + Duration::from_millis(arg(&role));
+            let mut x = 0u64;
+            while Instant::now() < end {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
             println!("{CHILD_DONE}");
             let _ = std::io::stdout().flush();
@@ -323,6 +399,25 @@ fn read(ebpf: &Ebpf, id: u64) -> EbpfCounters {
     ebpf.read(id).expect("watched cgroup has counters")
 }
 
+/// (run_delay ns, waits) of a process from the kernel's own accounting: the 2nd and 3rd fields
+/// of /proc/<pid>/task/*/schedstat, summed over its threads.
+fn proc_run_delay(pid: u32) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task") {
+        let text = std::fs::read_to_string(task.expect("task").path().join("schedstat"))
+            .unwrap_or_default();
+        let fields: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if let [_, delay, waits, ..] = fields[..] {
+            sum.0 += delay;
+            sum.1 += waits;
+        }
+    }
+    sum
+}
+
 /// Sum of voluntary_ctxt_switches over the tasks of a process.
 fn proc_voluntary_switches(pid: u32) -> u64 {
     let mut sum = 0;
@@ -350,7 +445,11 @@ fn disabled_loads_nothing() {
 
 #[test]
 fn a_broken_object_degrades_instead_of_failing() {
-    let ebpf = Ebpf::load_object(&EbpfOptions::default(), b"not an ELF object");
+    let ebpf = Ebpf::load_object(
+        &EbpfOptions::default(),
+        b"not an ELF object",
+        Fallbacks::default(),
+    );
     assert!(!ebpf.up());
     assert!(ebpf.programs().iter().all(|(_, attached)| !attached));
     let mut ebpf = ebpf;
@@ -443,7 +542,17 @@ fn loopback_tcp_bytes_are_counted_both_ways() {
 
 #[test]
 fn voluntary_switches_match_proc() {
-    let Some(mut s) = setup() else { return };
+    let Some(s) = setup() else { return };
+    voluntary_switches(s);
+}
+
+#[test]
+fn voluntary_switches_match_proc_with_the_fallbacks() {
+    let Some(s) = setup_fallbacks() else { return };
+    voluntary_switches(s);
+}
+
+fn voluntary_switches(mut s: Setup) {
     let mut cg = TestCgroup::new("sleep");
     let id = cg.id();
     s.ebpf.watch(id, &cg.unified).expect("watch");
@@ -467,22 +576,142 @@ fn voluntary_switches_match_proc() {
 
 #[test]
 fn cpu_hogs_on_one_cpu_are_preempted_and_wait() {
-    let Some(mut s) = setup() else { return };
+    let Some(s) = setup() else { return };
+    cpu_hogs(s, "sched_info");
+}
+
+#[test]
+fn cpu_hogs_on_one_cpu_are_preempted_and_wait_with_the_fallbacks() {
+    let Some(s) = setup_fallbacks() else { return };
+    cpu_hogs(s, "stamps");
+}
+
+/// Two hogs on CPU 0 take turns: each waits on the run queue about as long as the other runs.
+/// The histogram must agree with the kernel's own run_delay of the two processes over the same
+/// window, which starts and ends with every thread of both blocked (no wait under way): the
+/// same waits, from the same stamps where the programs read `sched_info`, and from their own
+/// clock reads at wake-up or preemption otherwise.
+fn cpu_hogs(mut s: Setup, mode: &str) {
     let mut cg = TestCgroup::new("hogs");
     let id = cg.id();
     s.ebpf.watch(id, &cg.unified).expect("watch");
 
     let mut hogs: Vec<Child> = (0..2)
-        .map(|_| cg.spawn(child_command("spin:500").stdin(Stdio::null()), Some(0)))
+        .map(|_| cg.spawn(&mut child_command("spin-wait:500"), Some(0)))
         .collect();
+    let mut outputs: Vec<_> = hogs
+        .iter_mut()
+        .map(|h| BufReader::new(h.stdout.take().expect("piped stdout")).lines())
+        .collect();
+    let snapshot = |hogs: &[Child]| {
+        hogs.iter().for_each(|h| wait_all_blocked(h.id()));
+        hogs.iter()
+            .map(|h| proc_run_delay(h.id()))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    outputs.iter_mut().for_each(|o| wait_line(o, CHILD_READY));
+    let (delay0, waits0) = snapshot(&hogs);
+    let c0 = read(&s.ebpf, id);
     for hog in &mut hogs {
+        hog.stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"g")
+            .expect("go");
+    }
+    outputs.iter_mut().for_each(|o| wait_line(o, CHILD_DONE));
+    let (delay1, waits1) = snapshot(&hogs);
+    let c = read(&s.ebpf, id);
+    for (hog, output) in hogs.iter_mut().zip(outputs) {
+        thread::spawn(move || output.for_each(drop));
+        drop(hog.stdin.take());
         assert!(hog.wait().expect("wait").success());
     }
-    let c = read(&s.ebpf, id);
-    eprintln!("two hogs on CPU 0: {c:?}");
-    assert!(c.involuntary_switches > 0, "{c:?}");
-    let waits: u64 = c.runqueue_latency_log2_ns.iter().sum();
-    assert!(waits > 0, "empty run-queue histogram: {c:?}");
+    let (delay, waits) = (delay1 - delay0, waits1 - waits0);
+    let counted = c.runqueue_latency_log2_ns.iter().sum::<u64>()
+        - c0.runqueue_latency_log2_ns.iter().sum::<u64>();
+    let waited = c.runqueue_latency_sum_ns - c0.runqueue_latency_sum_ns;
+    eprintln!(
+        "two hogs on CPU 0 ({mode}): schedstat run_delay {delay} ns in {waits} waits; eBPF {waited} ns in {counted} waits: {c:?}"
+    );
+    assert!(c.involuntary_switches > c0.involuntary_switches, "{c:?}");
+    // Each spun 500 ms on a CPU shared with the other.
+    assert!(delay >= 300_000_000, "schedstat run_delay {delay} ns");
+    let tolerance = delay / 100 + 1_000_000;
+    assert!(
+        waited.abs_diff(delay) <= tolerance,
+        "eBPF waited {waited} ns, schedstat {delay} ns"
+    );
+    assert!(
+        counted.abs_diff(waits) <= waits / 20 + 2,
+        "eBPF {counted} waits, schedstat {waits}"
+    );
+    s.ebpf.unwatch(id);
+}
+
+#[test]
+fn the_task_filter_follows_the_watched_parents() {
+    let Some(mut s) = setup() else { return };
+    if s.ebpf.task_filter().is_none() {
+        eprintln!("SKIP: no task filter on this kernel");
+        return;
+    }
+    assert_eq!(s.ebpf.task_filter(), Some(TaskFilter::NOTHING));
+    let mut a = TestCgroup::new("filter-a");
+    let parent = a.unified.parent().expect("parent").to_path_buf();
+    let level = cgroup_level(&a.unified);
+    assert_eq!(
+        level,
+        cgroup_level(&parent).map(|l| l + 1),
+        "{}",
+        a.unified.display()
+    );
+    assert_eq!(cgroup_level(&unified_root().expect("root")), Some(0));
+    // The root cgroup has no parent cgroup to filter on.
+    assert_eq!(
+        task_filter_for(&unified_root().expect("root")),
+        TaskFilter::OFF
+    );
+    let id = a.id();
+    s.ebpf.watch(id, &a.unified).expect("watch a");
+    assert_eq!(
+        s.ebpf.task_filter(),
+        Some(TaskFilter {
+            parent_id: cgroup_id(&parent).expect("parent id"),
+            level: level.unwrap_or(0),
+            _pad: 0,
+        })
+    );
+    let script = "i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done";
+    let run = |cg: &mut TestCgroup| {
+        let status = cg
+            .spawn(Command::new("/bin/sh").args(["-c", script]), None)
+            .wait()
+            .expect("wait");
+        assert!(status.success());
+    };
+    run(&mut a);
+    let counted = read(&s.ebpf, id);
+    assert!(
+        counted.execs >= 20 && counted.voluntary_switches > 0,
+        "{counted:?}"
+    );
+
+    // A cgroup one level further down has another parent: the filter must let both through.
+    let host = TestCgroup::new("filter-host");
+    let mut b = TestCgroup::new_in(&host, "filter-b");
+    let id_b = b.id();
+    s.ebpf.watch(id_b, &b.unified).expect("watch b");
+    assert_eq!(s.ebpf.task_filter(), Some(TaskFilter::OFF));
+    run(&mut a);
+    run(&mut b);
+    let (a_after, b_after) = (read(&s.ebpf, id), read(&s.ebpf, id_b));
+    assert!(a_after.execs >= counted.execs + 20, "{a_after:?}");
+    assert!(
+        b_after.execs >= 20 && b_after.voluntary_switches > 0,
+        "{b_after:?}"
+    );
+    s.ebpf.unwatch(id_b);
     s.ebpf.unwatch(id);
 }
 

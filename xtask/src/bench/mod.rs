@@ -74,6 +74,9 @@ pub struct BenchArgs {
     /// Skip the `perf record` profile of the agent at the largest N.
     #[arg(long)]
     pub no_profile: bool,
+    /// eBPF: rounds of one attached and one detached `perf bench sched pipe` run (default 15; 1 with --quick).
+    #[arg(long, value_name = "COUNT")]
+    pub ebpf_rounds: Option<usize>,
     /// (internal) run as the floor reader over the paths listed in this file.
     #[arg(long, hide = true, value_name = "FILE")]
     pub internal_floor: Option<PathBuf>,
@@ -131,7 +134,7 @@ impl Config {
                 scrapes: 200,
                 bursts: 10,
                 burst: 100,
-                ebpf_rounds: 7,
+                ebpf_rounds: 15,
                 pipe_loops: 200_000,
                 profile: Some(Duration::from_secs(15)),
             }
@@ -148,6 +151,9 @@ impl Config {
         }
         if a.no_profile {
             c.profile = None;
+        }
+        if let Some(r) = a.ebpf_rounds {
+            c.ebpf_rounds = r.max(1);
         }
         c
     }
@@ -663,10 +669,14 @@ fn interpretation(old: &str) -> Option<String> {
     Some(old[a..b].to_string())
 }
 
-/// Median over rounds of attached/detached − 1: each round's two runs are back to back, so
-/// the machine's load drifts less within a pair than across the run.
+/// Median over rounds of attached/detached − 1 (perf's wall time): each round's two runs are
+/// back to back, so the machine's load drifts less within a pair than across the run.
 fn paired_slowdown(e: &ebpf::EbpfResult) -> f64 {
-    median(&e.attached_us.iter().zip(&e.detached_us).map(|(a, d)| a / d - 1.0).collect::<Vec<_>>())
+    paired(e, |r| r.wall_us)
+}
+
+fn paired(e: &ebpf::EbpfResult, f: impl Fn(&ebpf::PipeRun) -> f64) -> f64 {
+    median(&e.attached.iter().zip(&e.detached).map(|(a, d)| f(a) / f(d) - 1.0).collect::<Vec<_>>())
 }
 
 fn goal(met: Option<bool>) -> &'static str {
@@ -908,21 +918,32 @@ fn render(
             );
         }
         (Some(e), _) => {
-            let _ = writeln!(o, "`taskset -c 0 perf bench sched pipe -l {}` (both tasks on one CPU: two context switches per round trip, no cross-CPU wake-up, whose cost in this VM swings with the host's load), {} alternating rounds of attached (agent with 1 container) and detached (`--ebpf.disable`), timed with `kernel.bpf_stats_enabled=0`; per-program cost from a second run in each attached round with `kernel.bpf_stats_enabled=1` (restored afterwards). perf bench's tasks are not in a container, so this is the cost every task on the node pays.\n", e.loops, e.attached_us.len());
+            let _ = writeln!(o, "`taskset -c 0 perf bench sched pipe -l {}` (both tasks on one CPU: two context switches per round trip, no cross-CPU wake-up, whose cost in this VM swings with the host's load), {} rounds of one attached (agent with 1 container) and one detached (`--ebpf.disable`) run, in alternating order. Timed runs have `kernel.bpf_stats_enabled=0` (forced, restored afterwards) and start once no other tracing BPF program is loaded on the machine (another agent's programs would slow both sides); a run during which other processes took CPU 0 (perf's wall time > 1.02 × the CPU time of its two tasks) is repeated, up to 5 times. Per-program cost from a second run in each attached round with `kernel.bpf_stats_enabled=1`; those figures include the statistics' own two clock reads per run (an empty program measures ~50 ns/event here). perf bench's tasks are not in a container, so this is the cost every task on the node pays.\n", e.loops, e.attached.len());
             let mut t = Table::new(&["program", "type", "ns/event (median of runs)", "events per run (median)"]);
             for (name, (kind, ns, cnt)) in &e.programs {
                 t.row(vec![name.clone(), kind.clone(), num(median(ns)), format!("{:.0}", median(&cnt.iter().map(|c| *c as f64).collect::<Vec<_>>()))]);
             }
             o.push_str(&t.markdown());
             o.push('\n');
-            let mut t = Table::new(&["sched pipe", "µs/op median", "runs", "all runs"]);
+            let wall = |v: &[ebpf::PipeRun]| v.iter().map(|r| r.wall_us).collect::<Vec<_>>();
+            let cpu = |v: &[ebpf::PipeRun]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
             let all = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
-            t.row(vec!["attached".into(), num(median(&e.attached_us)), e.attached_us.len().to_string(), all(&e.attached_us)]);
-            t.row(vec!["detached".into(), num(median(&e.detached_us)), e.detached_us.len().to_string(), all(&e.detached_us)]);
-            let per_round: Vec<String> = e.attached_us.iter().zip(&e.detached_us).map(|(a, d)| format!("{:+.1} %", (a / d - 1.0) * 100.0)).collect();
-            t.row(vec!["slowdown, ratio of the medians".into(), format!("{:+.1} %", (median(&e.attached_us) / median(&e.detached_us) - 1.0) * 100.0), String::new(), String::new()]);
-            t.row(vec!["slowdown, median of the per-round ratios (the goal's figure)".into(), format!("{:+.1} %", paired_slowdown(e) * 100.0), per_round.len().to_string(), per_round.join(", ")]);
+            let mut t = Table::new(&["sched pipe", "µs/op median (perf, wall)", "CPU µs/op median", "runs", "all runs (wall)"]);
+            for (label, runs) in [("attached", &e.attached), ("detached", &e.detached)] {
+                t.row(vec![label.into(), num(median(&wall(runs))), num(median(&cpu(runs))), runs.len().to_string(), all(&wall(runs))]);
+            }
+            let per_round: Vec<String> = e.attached.iter().zip(&e.detached).map(|(a, d)| format!("{:+.1} %", (a.wall_us / d.wall_us - 1.0) * 100.0)).collect();
+            let per_round_cpu: Vec<String> = e.attached.iter().zip(&e.detached).map(|(a, d)| format!("{:+.1} %", (a.cpu_us / d.cpu_us - 1.0) * 100.0)).collect();
+            t.row(vec!["slowdown, ratio of the medians".into(), format!("{:+.1} %", (median(&wall(&e.attached)) / median(&wall(&e.detached)) - 1.0) * 100.0), format!("{:+.1} %", (median(&cpu(&e.attached)) / median(&cpu(&e.detached)) - 1.0) * 100.0), String::new(), String::new()]);
+            t.row(vec!["slowdown, median of the per-round ratios (the goal's figure: wall)".into(), format!("{:+.1} %", paired_slowdown(e) * 100.0), format!("{:+.1} %", paired(e, |r| r.cpu_us) * 100.0), per_round.len().to_string(), per_round.join(", ")]);
+            t.row(vec!["per-round ratios of CPU time".into(), String::new(), String::new(), per_round_cpu.len().to_string(), per_round_cpu.join(", ")]);
             o.push_str(&t.markdown());
+            let runs: Vec<&ebpf::PipeRun> = e.attached.iter().chain(&e.detached).collect();
+            let repeated = runs.iter().filter(|r| r.tries > 1).count();
+            let shared = runs.iter().filter(|r| r.shared).count();
+            let waited: f64 = runs.iter().map(|r| r.waited_s).sum();
+            let foreign = runs.iter().filter(|r| r.foreign > 0).count();
+            let _ = writeln!(o, "\nOf {} timed runs, {repeated} were repeated because other processes shared CPU 0 ({shared} still shared after 5 tries); {waited:.0} s were spent waiting for other tracing BPF programs to be unloaded, and {foreign} ran with such programs loaded.", runs.len());
         }
         (None, Some(err)) => {
             let _ = writeln!(o, "**Not completed:** {err}");
