@@ -30,7 +30,7 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
         },
         base: agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default(),
     };
-    let descriptors = cgroup::DESCRIPTORS.take_for_container();
+    let descriptors = cgroup::DESCRIPTORS.take_for_container(agent.ebpf().descriptors_per_container());
     let mut files = CgroupFiles::new();
     // The first sample at once, the next ones on the grid all containers share.
     let mut ticker = tokio::time::interval_at(next_grid_point(agent.interval, Instant::now()).into(), agent.interval);

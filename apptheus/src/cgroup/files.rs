@@ -46,10 +46,12 @@ impl DescriptorBudget {
         self.0.fetch_add(n as isize, Ordering::Relaxed);
     }
 
-    /// What a container needs besides its sampled files, held for its life.
-    pub fn take_for_container(&'static self) -> ContainerDescriptors {
-        self.0.fetch_sub(ContainerDescriptors::PER_CONTAINER as isize, Ordering::Relaxed);
-        ContainerDescriptors(self)
+    /// What a container needs besides its sampled files (its launcher's connection, and
+    /// `extra` more, such as its own cgroup_skb links), held for its life.
+    pub fn take_for_container(&'static self, extra: usize) -> ContainerDescriptors {
+        let n = 1 + extra;
+        self.0.fetch_sub(n as isize, Ordering::Relaxed);
+        ContainerDescriptors { budget: self, n }
     }
 }
 
@@ -58,17 +60,16 @@ pub fn set_open_file_budget(n: usize) {
     DESCRIPTORS.set(n);
 }
 
-/// Descriptors a container needs besides its sampled files (its launcher's connection and two
-/// cgroup_skb links), taken from the budget until dropped.
-pub struct ContainerDescriptors(&'static DescriptorBudget);
-
-impl ContainerDescriptors {
-    pub const PER_CONTAINER: usize = 3;
+/// Descriptors a container needs besides its sampled files, taken from the budget until
+/// dropped.
+pub struct ContainerDescriptors {
+    budget: &'static DescriptorBudget,
+    n: usize,
 }
 
 impl Drop for ContainerDescriptors {
     fn drop(&mut self) {
-        self.0.give_back(Self::PER_CONTAINER);
+        self.budget.give_back(self.n);
     }
 }
 
@@ -262,7 +263,7 @@ mod tests {
         let kept = |f: &CgroupFiles| f.slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).count();
         assert_eq!((kept(&files), BUDGET.available()), (4, 0), "all four kept open");
         // A container arrives: the budget is owed 3, and the next sample pays it back.
-        let container = BUDGET.take_for_container();
+        let container = BUDGET.take_for_container(2);
         assert_eq!(BUDGET.available(), -3);
         files.start_sample();
         assert_eq!((kept(&files), BUDGET.available()), (1, 0));

@@ -12,7 +12,12 @@
 //! loads, every task whose cgroup has another parent or level than the watched ones (the
 //! `TASK_FILTER` map, which `watch` widens as needed; see [`TaskFilter`]): `sched_switch` runs
 //! for every task on the machine, and most are in no container.
-use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use apptheus_common::{CgroupCounters, TaskFilter, RUNQ_SLOTS};
@@ -110,8 +115,12 @@ pub struct Ebpf {
 
 struct Loaded {
     bpf: aya::Ebpf,
-    /// cgroup_skb ingress and egress links per watched cgroup; dropping them detaches.
+    /// Watched cgroups, each with its own cgroup_skb links (empty when the parent's cover it);
+    /// dropping them detaches.
     skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
+    /// cgroup_skb links on the containers' parent: they run for every socket below it, and the
+    /// programs count only monitored cgroups, so one attachment serves all containers.
+    skb_parent: SkbParent,
     /// What `TASK_FILTER` holds, when the programs apply it.
     task_filter: Option<TaskFilter>,
     _logs: Option<logs::LogPump>,
@@ -160,6 +169,7 @@ impl Ebpf {
                 Some(Loaded {
                     bpf,
                     skb_links: HashMap::new(),
+                    skb_parent: SkbParent::NotYet,
                     task_filter: kernel.has_task_filter().then_some(TaskFilter::NOTHING),
                     _logs: logs,
                 })
@@ -240,6 +250,15 @@ impl Ebpf {
         Some(sum)
     }
 
+    /// Descriptors a watched container holds of its own (its cgroup_skb links): none when the
+    /// containers' parent carries them.
+    pub fn descriptors_per_container(&self) -> usize {
+        match self.loaded.as_ref().map(|l| &l.skb_parent) {
+            Some(SkbParent::Failed) => 2,
+            _ => 0,
+        }
+    }
+
     /// Containers counted now (in `MONITORED`).
     pub fn watched(&self) -> usize {
         self.loaded.as_ref().map_or(0, |l| l.skb_links.len())
@@ -254,6 +273,16 @@ impl Ebpf {
     fn task_filter(&self) -> Option<TaskFilter> {
         self.loaded.as_ref()?.task_filter
     }
+}
+
+/// Where the cgroup_skb programs are attached for all containers.
+enum SkbParent {
+    /// Nothing watched yet.
+    NotYet,
+    /// On this parent directory (dropping the links detaches them).
+    Attached { dir: PathBuf, _links: Vec<CgroupSkbLink> },
+    /// The parent refused them: each container gets its own links.
+    Failed,
 }
 
 impl Loaded {
@@ -272,28 +301,55 @@ impl Loaded {
             .insert(cgroup_id, 1, 0)
             .context("adding to MONITORED")?;
 
-        let mut links = Vec::new();
-        if skb_ready {
-            let cgroup = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-            for (name, attach_type) in [
-                ("cgroup_skb_ingress", CgroupSkbAttachType::Ingress),
-                ("cgroup_skb_egress", CgroupSkbAttachType::Egress),
-            ] {
-                let program: &mut CgroupSkb = self
-                    .bpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("no program {name}"))?
-                    .try_into()?;
-                // On kernels >= 5.7 aya attaches through a bpf_link, which coexists with other
-                // programs on the cgroup anyway and takes no flags (AllowMultiple is EINVAL).
-                let id = program
-                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to {}", dir.display()))?;
-                links.push(program.take_link(id)?);
-            }
-        }
+        let links = if skb_ready { self.skb_links_for(dir)? } else { Vec::new() };
         self.skb_links.insert(cgroup_id, links);
         Ok(())
+    }
+
+    /// The links `dir` needs of its own: none when its parent's links cover it. The first
+    /// watched cgroup's parent gets them; if that attach fails, each cgroup gets its own.
+    fn skb_links_for(&mut self, dir: &Path) -> Result<Vec<CgroupSkbLink>> {
+        let parent = dir.parent().map(Path::to_path_buf);
+        if let (SkbParent::Attached { dir: covered, .. }, Some(parent)) = (&self.skb_parent, &parent) {
+            if covered == parent {
+                return Ok(Vec::new());
+            }
+        }
+        if let (SkbParent::NotYet, Some(parent)) = (&self.skb_parent, parent) {
+            match self.attach_skb(&parent) {
+                Ok(links) => {
+                    self.skb_parent = SkbParent::Attached { dir: parent, _links: links };
+                    return Ok(Vec::new());
+                }
+                Err(e) => {
+                    tracing::warn!("cgroup_skb programs not attached to {}, attaching them per container: {e:#}", parent.display());
+                    self.skb_parent = SkbParent::Failed;
+                }
+            }
+        }
+        self.attach_skb(dir)
+    }
+
+    fn attach_skb(&mut self, dir: &Path) -> Result<Vec<CgroupSkbLink>> {
+        let cgroup = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        let mut links = Vec::new();
+        for (name, attach_type) in [
+            ("cgroup_skb_ingress", CgroupSkbAttachType::Ingress),
+            ("cgroup_skb_egress", CgroupSkbAttachType::Egress),
+        ] {
+            let program: &mut CgroupSkb = self
+                .bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?
+                .try_into()?;
+            // On kernels >= 5.7 aya attaches through a bpf_link, which coexists with other
+            // programs on the cgroup anyway and takes no flags (AllowMultiple is EINVAL).
+            let id = program
+                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", dir.display()))?;
+            links.push(program.take_link(id)?);
+        }
+        Ok(links)
     }
 
     fn unwatch(&mut self, cgroup_id: u64) {

@@ -521,6 +521,9 @@ fn loopback_tcp_bytes_are_counted_both_ways() {
     let mut cg = TestCgroup::new("net");
     let id = cg.id();
     s.ebpf.watch(id, &cg.unified).expect("watch");
+    // Counted through the links on the parent, not links of its own.
+    assert_eq!(s.ebpf.descriptors_per_container(), 0, "cgroup_skb not attached to the parent");
+    assert!(s.ebpf.loaded.as_ref().is_some_and(|l| l.skb_links.get(&id).is_some_and(Vec::is_empty)));
 
     const N: u64 = 4 << 20;
     let mut child = cg.spawn(&mut child_command(&format!("net:{N}")), None);
