@@ -71,7 +71,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let adopted: Vec<String> = recovered.adopted.iter().map(|(id, _)| id.clone()).collect();
     store.end_all_except(&adopted, SystemTime::now());
 
-    let ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable, max_containers: args.ebpf_max_containers });
+    let mut ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable, max_containers: args.ebpf_max_containers });
+    if let Some(unified) = layout.unified() {
+        ebpf.attach_network_programs_to(&unified.parent_dir);
+    }
     crate::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);

@@ -250,6 +250,16 @@ impl Ebpf {
         Some(sum)
     }
 
+    /// Attaches the cgroup_skb programs to the containers' parent directory now, at start,
+    /// rather than at the first watch (so the agent's descriptor count does not change once
+    /// containers come and go). On failure each container gets its own links later.
+    pub fn attach_network_programs_to(&mut self, parent_dir: &Path) {
+        let skb_ready = self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress");
+        if let Some(loaded) = self.loaded.as_mut().filter(|_| skb_ready) {
+            loaded.cover_parent(parent_dir);
+        }
+    }
+
     /// Descriptors a watched container holds of its own (its cgroup_skb links): none when the
     /// containers' parent carries them.
     pub fn descriptors_per_container(&self) -> usize {
@@ -277,7 +287,7 @@ impl Ebpf {
 
 /// Where the cgroup_skb programs are attached for all containers.
 enum SkbParent {
-    /// Nothing watched yet.
+    /// Not attached yet: the first watched cgroup's parent gets them.
     NotYet,
     /// On this parent directory (dropping the links detaches them).
     Attached { dir: PathBuf, _links: Vec<CgroupSkbLink> },
@@ -316,18 +326,27 @@ impl Loaded {
             }
         }
         if let (SkbParent::NotYet, Some(parent)) = (&self.skb_parent, parent) {
-            match self.attach_skb(&parent) {
-                Ok(links) => {
-                    self.skb_parent = SkbParent::Attached { dir: parent, _links: links };
-                    return Ok(Vec::new());
-                }
-                Err(e) => {
-                    tracing::warn!("cgroup_skb programs not attached to {}, attaching them per container: {e:#}", parent.display());
-                    self.skb_parent = SkbParent::Failed;
-                }
+            if self.cover_parent(&parent) {
+                return Ok(Vec::new());
             }
         }
         self.attach_skb(dir)
+    }
+
+    /// Attaches the cgroup_skb programs to `parent`; false (and each cgroup gets its own links
+    /// from then on) when that fails.
+    fn cover_parent(&mut self, parent: &Path) -> bool {
+        match self.attach_skb(parent) {
+            Ok(links) => {
+                self.skb_parent = SkbParent::Attached { dir: parent.to_path_buf(), _links: links };
+                true
+            }
+            Err(e) => {
+                tracing::warn!("cgroup_skb programs not attached to {}, attaching them per container: {e:#}", parent.display());
+                self.skb_parent = SkbParent::Failed;
+                false
+            }
+        }
     }
 
     fn attach_skb(&mut self, dir: &Path) -> Result<Vec<CgroupSkbLink>> {

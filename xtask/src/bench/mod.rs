@@ -281,9 +281,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             repo.join("bench/RESULTS.md")
         }
     });
-    let kept = std::fs::read_to_string(&out).ok().and_then(|old| interpretation(&old));
+    let old = std::fs::read_to_string(&out).unwrap_or_default();
     let frame = format!("{INTERPRETATION_BEGIN}\n(not written yet)\n{INTERPRETATION_END}");
-    let text = report.replace(INTERPRETATION_PLACEHOLDER, kept.as_deref().unwrap_or(&frame));
+    let mut text = report.replace(INTERPRETATION_PLACEHOLDER, interpretation(&old).as_deref().unwrap_or(&frame));
+    // `cargo xtask soak` owns the "## Soak" section: carry it over.
+    if let Some(soak) = soak_section(&old) {
+        text = format!("{}\n\n{soak}", text.trim_end());
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -667,6 +671,12 @@ fn interpretation(old: &str) -> Option<String> {
     let a = old.find(INTERPRETATION_BEGIN)?;
     let b = old[a..].find(INTERPRETATION_END)? + a + INTERPRETATION_END.len();
     Some(old[a..b].to_string())
+}
+
+/// The "## Soak" section of an earlier results file (written by `cargo xtask soak`), to its end.
+fn soak_section(old: &str) -> Option<&str> {
+    let at = old.find("\n## Soak")? + 1;
+    Some(&old[at..])
 }
 
 /// Median over rounds of attached/detached − 1 (perf's wall time): each round's two runs are
