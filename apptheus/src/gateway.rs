@@ -115,7 +115,7 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
         }
     })
     .await;
-    let Placed { info, cgroup: cg, is_new } = match placed {
+    let Placed { info, cgroup: cg } = match placed {
         Ok(Ok(p)) => p,
         Ok(Err(PlaceError::Refused(refusal))) => {
             agent.telemetry.count_connection(RESULT_REFUSED);
@@ -136,7 +136,7 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
         }
     };
     agent.telemetry.count_connection(RESULT_ACCEPTED);
-    if let Some((cg, ebpf_id)) = cg.filter(|_| is_new) {
+    if let Some((cg, ebpf_id)) = cg {
         tracing::info!(container = %info.id, pid = info.pid, user = %info.user, exe = %info.exe.display(), cgroup = %info.cgroup_path, "container placed");
         tokio::spawn(crate::monitor::watch(agent.clone(), info.id.clone(), cg, crate::monitor::EbpfWatch::Tried(ebpf_id)));
     }
@@ -204,16 +204,15 @@ enum PlaceError {
 /// What placement made of a launcher.
 struct Placed {
     info: ContainerInfo,
-    /// The new cgroup and its eBPF cgroup id (None when not counted in the kernel).
+    /// The new cgroup and its eBPF cgroup id (None when not counted in the kernel); `None` when
+    /// the launcher connected again and gets its existing container.
     cgroup: Option<(ContainerCgroup, Option<u64>)>,
-    /// False when the launcher connected again: it gets the existing container.
-    is_new: bool,
 }
 
 /// Create the container's cgroup and move the caller and all its descendants in (blocking).
 fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     if let Some(existing) = agent.store.find_by_pid(peer.pid) {
-        return Ok(Placed { info: (*existing).clone(), cgroup: None, is_new: false });
+        return Ok(Placed { info: (*existing).clone(), cgroup: None });
     }
     let id = peer.container_id();
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
@@ -278,5 +277,5 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     agent.store.insert(info.clone());
     agent.telemetry.containers.set(agent.store.live_count() as i64);
     crate::faults::point("placement::placed");
-    Ok(Placed { info, cgroup: Some((cg, ebpf_id)), is_new: true })
+    Ok(Placed { info, cgroup: Some((cg, ebpf_id)) })
 }

@@ -118,9 +118,10 @@ struct Loaded {
     /// Watched cgroups, each with its own cgroup_skb links (empty when the parent's cover it);
     /// dropping them detaches.
     skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
-    /// cgroup_skb links on the containers' parent: they run for every socket below it, and the
-    /// programs count only monitored cgroups, so one attachment serves all containers.
-    skb_parent: SkbParent,
+    /// cgroup_skb links on the containers' parent and its path: they run for every socket below
+    /// it, and the programs count only monitored cgroups, so one attachment serves all
+    /// containers ([`Ebpf::attach_network_programs_to`]).
+    skb_parent: Option<(PathBuf, Vec<CgroupSkbLink>)>,
     /// What `TASK_FILTER` holds, when the programs apply it.
     task_filter: Option<TaskFilter>,
     _logs: Option<logs::LogPump>,
@@ -169,7 +170,7 @@ impl Ebpf {
                 Some(Loaded {
                     bpf,
                     skb_links: HashMap::new(),
-                    skb_parent: SkbParent::NotYet,
+                    skb_parent: None,
                     task_filter: kernel.has_task_filter().then_some(TaskFilter::NOTHING),
                     _logs: logs,
                 })
@@ -209,8 +210,7 @@ impl Ebpf {
     /// cgroup_skb programs to its cgroup v2 directory. On error nothing of it stays watched.
     /// Watching an already watched cgroup changes nothing.
     pub fn watch(&mut self, cgroup_id: u64, unified_cgroup_dir: &Path) -> Result<()> {
-        let skb_ready =
-            self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress");
+        let skb_ready = self.skb_ready();
         let loaded = self
             .loaded
             .as_mut()
@@ -250,23 +250,34 @@ impl Ebpf {
         Some(sum)
     }
 
-    /// Attaches the cgroup_skb programs to the containers' parent directory now, at start,
-    /// rather than at the first watch (so the agent's descriptor count does not change once
-    /// containers come and go). On failure each container gets its own links later.
+    /// Attaches the cgroup_skb programs once, to the containers' parent directory (at start,
+    /// so the agent's descriptor count does not change as containers come and go). Without
+    /// this, or when it fails, each watched cgroup gets links of its own.
     pub fn attach_network_programs_to(&mut self, parent_dir: &Path) {
-        let skb_ready = self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress");
-        if let Some(loaded) = self.loaded.as_mut().filter(|_| skb_ready) {
-            loaded.cover_parent(parent_dir);
+        if !self.skb_ready() {
+            return;
+        }
+        let Some(loaded) = self.loaded.as_mut() else { return };
+        match loaded.attach_skb(parent_dir) {
+            Ok(links) => loaded.skb_parent = Some((parent_dir.to_path_buf(), links)),
+            Err(e) => tracing::warn!(
+                "cgroup_skb programs not attached to {}, attaching them per container: {e:#}",
+                parent_dir.display()
+            ),
         }
     }
 
     /// Descriptors a watched container holds of its own (its cgroup_skb links): none when the
     /// containers' parent carries them.
     pub fn descriptors_per_container(&self) -> usize {
-        match self.loaded.as_ref().map(|l| &l.skb_parent) {
-            Some(SkbParent::Failed) => 2,
+        match self.loaded.as_ref() {
+            Some(loaded) if self.skb_ready() && loaded.skb_parent.is_none() => 2,
             _ => 0,
         }
+    }
+
+    fn skb_ready(&self) -> bool {
+        self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress")
     }
 
     /// Containers counted now (in `MONITORED`).
@@ -283,16 +294,6 @@ impl Ebpf {
     fn task_filter(&self) -> Option<TaskFilter> {
         self.loaded.as_ref()?.task_filter
     }
-}
-
-/// Where the cgroup_skb programs are attached for all containers.
-enum SkbParent {
-    /// Not attached yet: the first watched cgroup's parent gets them.
-    NotYet,
-    /// On this parent directory (dropping the links detaches them).
-    Attached { dir: PathBuf, _links: Vec<CgroupSkbLink> },
-    /// The parent refused them: each container gets its own links.
-    Failed,
 }
 
 impl Loaded {
@@ -316,37 +317,13 @@ impl Loaded {
         Ok(())
     }
 
-    /// The links `dir` needs of its own: none when its parent's links cover it. The first
-    /// watched cgroup's parent gets them; if that attach fails, each cgroup gets its own.
+    /// The links `dir` needs of its own: none when the parent's links cover it.
     fn skb_links_for(&mut self, dir: &Path) -> Result<Vec<CgroupSkbLink>> {
-        let parent = dir.parent().map(Path::to_path_buf);
-        if let (SkbParent::Attached { dir: covered, .. }, Some(parent)) = (&self.skb_parent, &parent) {
-            if covered == parent {
-                return Ok(Vec::new());
-            }
-        }
-        if let (SkbParent::NotYet, Some(parent)) = (&self.skb_parent, parent) {
-            if self.cover_parent(&parent) {
-                return Ok(Vec::new());
-            }
+        let covered = self.skb_parent.as_ref().is_some_and(|(parent, _)| dir.parent() == Some(parent.as_path()));
+        if covered {
+            return Ok(Vec::new());
         }
         self.attach_skb(dir)
-    }
-
-    /// Attaches the cgroup_skb programs to `parent`; false (and each cgroup gets its own links
-    /// from then on) when that fails.
-    fn cover_parent(&mut self, parent: &Path) -> bool {
-        match self.attach_skb(parent) {
-            Ok(links) => {
-                self.skb_parent = SkbParent::Attached { dir: parent.to_path_buf(), _links: links };
-                true
-            }
-            Err(e) => {
-                tracing::warn!("cgroup_skb programs not attached to {}, attaching them per container: {e:#}", parent.display());
-                self.skb_parent = SkbParent::Failed;
-                false
-            }
-        }
     }
 
     fn attach_skb(&mut self, dir: &Path) -> Result<Vec<CgroupSkbLink>> {

@@ -520,6 +520,7 @@ fn loopback_tcp_bytes_are_counted_both_ways() {
     let Some(mut s) = setup() else { return };
     let mut cg = TestCgroup::new("net");
     let id = cg.id();
+    s.ebpf.attach_network_programs_to(cg.unified.parent().expect("parent"));
     s.ebpf.watch(id, &cg.unified).expect("watch");
     // Counted through the links on the parent, not links of its own.
     assert_eq!(s.ebpf.descriptors_per_container(), 0, "cgroup_skb not attached to the parent");
