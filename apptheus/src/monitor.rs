@@ -55,7 +55,12 @@ pub async fn watch(agent: Arc<Agent>, id: String, cg: ContainerCgroup, ebpf: Ebp
             Ok(true) => agent.store.record(&id, sample),
             Ok(false) => {
                 // The cgroup still holds the final figures until it is removed: a job shorter
-                // than one interval is still accounted.
+                // than one interval is still accounted. The eBPF counters are re-read exactly
+                // (the sample's may trail by part of an interval).
+                let mut sample = sample;
+                if let Some(cgid) = ebpf.id {
+                    sample.sample.ebpf = agent.ebpf().read_continuing(cgid, &ebpf.base);
+                }
                 agent.store.record(&id, sample);
                 break;
             }
@@ -136,7 +141,7 @@ fn take_sample(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut Cgroup
     let start = Instant::now();
     let (mut sample, errors) = cgroup::sample(&agent.collectors, cg, files);
     if let Some(cgid) = ebpf.id {
-        sample.ebpf = agent.ebpf().read_continuing(cgid, &ebpf.base);
+        sample.ebpf = agent.ebpf().read_recent(cgid, &ebpf.base, agent.interval);
     }
     let at = SystemTime::now();
     agent.telemetry.sample_duration.observe(start.elapsed().as_secs_f64());

@@ -14,43 +14,79 @@ use std::path::Path;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 /// Descriptors that containers may keep open together (negative: owed back).
-pub struct DescriptorBudget(AtomicIsize);
+pub struct DescriptorBudget {
+    available: AtomicIsize,
+    /// The size it was set to.
+    size: AtomicIsize,
+    /// Descriptors kept for settings: they yield to files read every sample.
+    settings: AtomicIsize,
+}
 
 /// The agent's budget ([`CgroupFiles::new`] draws from it).
 pub static DESCRIPTORS: DescriptorBudget = DescriptorBudget::new(0);
 
 impl DescriptorBudget {
     pub const fn new(n: isize) -> DescriptorBudget {
-        DescriptorBudget(AtomicIsize::new(n))
+        DescriptorBudget { available: AtomicIsize::new(n), size: AtomicIsize::new(n), settings: AtomicIsize::new(0) }
     }
 
     /// Allow `n` descriptors (set once at start).
     pub fn set(&self, n: usize) {
-        self.0.store(n.min(isize::MAX as usize) as isize, Ordering::Relaxed);
+        let n = n.min(isize::MAX as usize) as isize;
+        self.available.store(n, Ordering::Relaxed);
+        self.size.store(n, Ordering::Relaxed);
     }
 
     pub fn available(&self) -> isize {
-        self.0.load(Ordering::Relaxed)
+        self.available.load(Ordering::Relaxed)
     }
 
     fn take_one(&self) -> bool {
-        if self.0.fetch_sub(1, Ordering::Relaxed) > 0 {
+        if self.available.fetch_sub(1, Ordering::Relaxed) > 0 {
             true
         } else {
-            self.0.fetch_add(1, Ordering::Relaxed);
+            self.available.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// For a file read every sample: a free descriptor, else one that a kept setting will
+    /// give back (the budget is then owed until a container holding settings samples).
+    fn take_for_sampling(&self) -> bool {
+        if self.take_one() {
+            return true;
+        }
+        if self.available() + self.settings.load(Ordering::Relaxed) > 0 {
+            self.available.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// For a setting: only while more than a quarter of the budget is left.
+    fn take_for_setting(&self) -> bool {
+        if self.available() > self.size.load(Ordering::Relaxed) / 4 && self.take_one() {
+            self.settings.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
             false
         }
     }
 
     fn give_back(&self, n: usize) {
-        self.0.fetch_add(n as isize, Ordering::Relaxed);
+        self.available.fetch_add(n as isize, Ordering::Relaxed);
+    }
+
+    fn give_back_settings(&self, n: usize) {
+        self.settings.fetch_sub(n as isize, Ordering::Relaxed);
+        self.give_back(n);
     }
 
     /// What a container needs besides its sampled files (its launcher's connection, and
     /// `extra` more, such as its own cgroup_skb links), held for its life.
     pub fn take_for_container(&'static self, extra: usize) -> ContainerDescriptors {
         let n = 1 + extra;
-        self.0.fetch_sub(n as isize, Ordering::Relaxed);
+        self.available.fetch_sub(n as isize, Ordering::Relaxed);
         ContainerDescriptors { budget: self, n }
     }
 }
@@ -79,18 +115,40 @@ enum Slot {
     Missing,
 }
 
+/// Whether a file read is worth a kept descriptor.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// Read every sample: kept while the budget lasts.
+    Always,
+    /// A setting: kept while the budget is ample, and given up first.
+    Setting,
+    Never,
+}
+
 /// Settings (limits) are re-read on every this many samples, and kept in between: they change
 /// only when someone writes them, and reading them every time would be ~15 % of a sample.
 pub const SETTING_REFRESH_SAMPLES: u64 = 10;
 
-/// The files of one container, by name (a name is read from one directory only per layout).
+/// A file: its directory (index into [`CgroupFiles::dirs`]) and name. The same name can be
+/// read from two hierarchies (`cpu.stat` of v1 `cpu` and of the unified hierarchy).
+type FileKey = (u8, &'static str);
+
+/// The files of one container, by directory and name.
 pub struct CgroupFiles {
     budget: &'static DescriptorBudget,
-    slots: Vec<(&'static str, Slot)>,
+    /// The directories read so far (one per hierarchy: a handful).
+    dirs: Vec<std::path::PathBuf>,
+    /// Files read every sample (and rare ones that turned out missing), in the order first read.
+    slots: Vec<(FileKey, Slot)>,
+    /// Where the next read of a sample is expected in `slots`: collectors read the same files
+    /// in the same order every sample, so a lookup is one comparison.
+    cursor: usize,
+    /// Setting files: their descriptors, and content (None: absent) with the sample it was
+    /// read in.
+    setting_slots: Vec<(FileKey, Slot)>,
+    settings: Vec<(FileKey, Option<String>, u64)>,
     /// Samples started ([`CgroupFiles::start_sample`]).
     samples: u64,
-    /// Setting files: name, content (None: absent), and the sample it was read in.
-    settings: Vec<(&'static str, Option<String>, u64)>,
     /// Read buffer, kept initialised at its full length so reads need not zero it again.
     buf: Vec<u8>,
 }
@@ -107,16 +165,36 @@ impl CgroupFiles {
     }
 
     pub fn with_budget(budget: &'static DescriptorBudget) -> CgroupFiles {
-        CgroupFiles { budget, slots: Vec::new(), samples: 0, settings: Vec::new(), buf: Vec::new() }
+        CgroupFiles {
+            budget,
+            dirs: Vec::new(),
+            slots: Vec::new(),
+            cursor: 0,
+            setting_slots: Vec::new(),
+            settings: Vec::new(),
+            samples: 0,
+            buf: Vec::new(),
+        }
     }
 
     /// Marks the start of a sample (for the refresh of settings).
     pub fn start_sample(&mut self) {
         self.samples += 1;
-        // Close kept files while the budget is owed (new containers need descriptors).
+        self.cursor = 0;
+        // Pay back what the budget is owed (new containers need descriptors): settings first;
+        // files read every sample only for debts no kept setting elsewhere will pay.
         while self.budget.available() < 0 {
+            if let Some(i) = self.setting_slots.iter().rposition(|(_, slot)| matches!(slot, Slot::Open(_))) {
+                self.setting_slots.remove(i);
+                self.budget.give_back_settings(1);
+                continue;
+            }
+            if self.budget.available() + self.budget.settings.load(Ordering::Relaxed) >= 0 {
+                break;
+            }
             let Some(i) = self.slots.iter().rposition(|(_, slot)| matches!(slot, Slot::Open(_))) else { break };
             self.slots.remove(i);
+            self.cursor = 0;
             self.budget.give_back(1);
         }
     }
@@ -126,17 +204,18 @@ impl CgroupFiles {
     /// and the content then read returned in between.
     pub fn read_setting(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
         let now = self.samples;
-        let i = match self.settings.iter().position(|(n, _, _)| *n == name) {
+        let key = self.key(dir, name);
+        let i = match self.settings.iter().position(|(k, _, _)| *k == key) {
             Some(i) if now.saturating_sub(self.settings[i].2) < SETTING_REFRESH_SAMPLES => i,
             known => {
-                let content = self.read_keeping(dir, name, false)?.map(str::to_owned);
+                let content = self.read_keeping(dir, name, Keep::Setting)?.map(str::to_owned);
                 match known {
                     Some(i) => {
-                        self.settings[i] = (name, content, now);
+                        self.settings[i] = (key, content, now);
                         i
                     }
                     None => {
-                        self.settings.push((name, content, now));
+                        self.settings.push((key, content, now));
                         self.settings.len() - 1
                     }
                 }
@@ -147,31 +226,75 @@ impl CgroupFiles {
 
     /// The file's current content, or `None` when it does not exist (or its cgroup is gone).
     pub fn read(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
-        self.read_keeping(dir, name, true)
+        self.read_keeping(dir, name, Keep::Always)
     }
 
     /// Like [`CgroupFiles::read`] for a file read now and then only, which is not worth a kept
     /// descriptor.
     pub fn read_rarely(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
-        self.read_keeping(dir, name, false)
+        self.read_keeping(dir, name, Keep::Never)
     }
 
-    fn read_keeping(&mut self, dir: &Path, name: &'static str, keep: bool) -> io::Result<Option<&str>> {
-        let found = match self.slots.iter().position(|(n, _)| *n == name) {
-            Some(i) => match &self.slots[i].1 {
+    /// The key of `dir`/`name`, remembering `dir` the first time.
+    fn key(&mut self, dir: &Path, name: &'static str) -> FileKey {
+        let i = match self.dirs.iter().position(|d| d.as_os_str() == dir.as_os_str()) {
+            Some(i) => i,
+            None => {
+                self.dirs.push(dir.to_path_buf());
+                self.dirs.len() - 1
+            }
+        };
+        (u8::try_from(i).unwrap_or(u8::MAX), name)
+    }
+
+    /// The slot of `dir`/`name` in `slots` (or `setting_slots`), if it has one.
+    fn find(&mut self, dir: &Path, name: &'static str, setting: bool) -> (FileKey, Option<usize>) {
+        if !setting {
+            // The expected file: the same name (one string literal) in the same directory.
+            if let Some(((d, n), _)) = self.slots.get(self.cursor) {
+                if std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len() && self.dirs[*d as usize].as_os_str() == dir.as_os_str() {
+                    return ((*d, n), Some(self.cursor));
+                }
+            }
+        }
+        let key = self.key(dir, name);
+        let list = if setting { &self.setting_slots } else { &self.slots };
+        (key, list.iter().position(|(k, _)| *k == key))
+    }
+
+    fn read_keeping(&mut self, dir: &Path, name: &'static str, keep: Keep) -> io::Result<Option<&str>> {
+        let setting = keep == Keep::Setting;
+        let (key, at) = self.find(dir, name, setting);
+        if let (false, Some(i)) = (setting, at) {
+            self.cursor = i + 1;
+        }
+        let list = if setting { &mut self.setting_slots } else { &mut self.slots };
+        let found = match at {
+            Some(i) => match &list[i].1 {
                 Slot::Missing => return Ok(None),
                 Slot::Open(f) => read_whole(f, &mut self.buf),
             },
             None => match File::open(dir.join(name)) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
-                    self.slots.push((name, Slot::Missing));
+                    list.push((key, Slot::Missing));
+                    if !setting {
+                        self.cursor = list.len();
+                    }
                     return Ok(None);
                 }
                 Err(e) => Err(e),
                 Ok(f) => {
                     let r = read_whole(&f, &mut self.buf);
-                    if keep && self.budget.take_one() {
-                        self.slots.push((name, Slot::Open(f)));
+                    let kept = match keep {
+                        Keep::Always => self.budget.take_for_sampling(),
+                        Keep::Setting => self.budget.take_for_setting(),
+                        Keep::Never => false,
+                    };
+                    if kept {
+                        list.push((key, Slot::Open(f)));
+                        if !setting {
+                            self.cursor = list.len();
+                        }
                     }
                     r
                 }
@@ -190,8 +313,9 @@ impl CgroupFiles {
 
 impl Drop for CgroupFiles {
     fn drop(&mut self) {
-        let open = self.slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).count();
-        self.budget.give_back(open);
+        let open = |slots: &[(FileKey, Slot)]| slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).count();
+        self.budget.give_back(open(&self.slots));
+        self.budget.give_back_settings(open(&self.setting_slots));
     }
 }
 
@@ -249,6 +373,22 @@ mod tests {
     }
 
     #[test]
+    fn one_name_in_two_directories_is_two_files() {
+        // As `cpu.stat` of the v1 cpu controller and of the unified hierarchy, both kept open.
+        static BUDGET: DescriptorBudget = DescriptorBudget::new(10);
+        let (v1, unified) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(v1.path().join("cpu.stat"), "nr_periods 7\n").unwrap();
+        std::fs::write(unified.path().join("cpu.stat"), "usage_usec 9\n").unwrap();
+        let mut files = CgroupFiles::with_budget(&BUDGET);
+        for _ in 0..2 {
+            files.start_sample();
+            assert_eq!(files.read(unified.path(), "cpu.stat").unwrap(), Some("usage_usec 9\n"));
+            assert_eq!(files.read(v1.path(), "cpu.stat").unwrap(), Some("nr_periods 7\n"));
+        }
+        assert_eq!(BUDGET.available(), 8, "both kept open");
+    }
+
+    #[test]
     fn a_new_container_takes_descriptors_back_from_kept_files() {
         static BUDGET: DescriptorBudget = DescriptorBudget::new(4);
         let dir = tempfile::tempdir().unwrap();
@@ -271,12 +411,13 @@ mod tests {
             assert_eq!(files.read(dir.path(), name).unwrap(), Some(name), "still read, per read now");
         }
         assert_eq!(kept(&files), 1);
-        // Settings and rare reads never take a descriptor.
+        // Rare reads never take a descriptor, and a file found missing stays missing.
         drop(container);
         assert_eq!(files.read_rarely(dir.path(), "e").unwrap(), None);
         std::fs::write(dir.path().join("e"), "e").unwrap();
-        let _ = files.read_setting(dir.path(), "e").unwrap();
         assert_eq!(files.read_rarely(dir.path(), "e").unwrap(), None, "a missing file stays missing");
+        std::fs::write(dir.path().join("f"), "f").unwrap();
+        assert_eq!(files.read_rarely(dir.path(), "f").unwrap(), Some("f"));
         assert_eq!(BUDGET.available(), 3);
         files.start_sample();
         for name in ["a", "b", "c", "d"] {
@@ -285,6 +426,51 @@ mod tests {
         assert_eq!((kept(&files), BUDGET.available()), (4, 0), "freed descriptors are taken again");
         drop(files);
         assert_eq!(BUDGET.available(), 4);
+    }
+
+    #[test]
+    fn settings_keep_descriptors_only_while_the_budget_is_ample_and_give_them_up_first() {
+        static BUDGET: DescriptorBudget = DescriptorBudget::new(8);
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b", "s1", "s2", "s3"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let kept = |f: &CgroupFiles| {
+            let open = |slots: &[(FileKey, Slot)]| slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).count();
+            (open(&f.slots), open(&f.setting_slots))
+        };
+        let mut files = CgroupFiles::with_budget(&BUDGET);
+        files.start_sample();
+        for name in ["s1", "a", "s2", "b", "s3"] {
+            let text = if name.starts_with('s') { files.read_setting(dir.path(), name) } else { files.read(dir.path(), name) };
+            assert_eq!(text.unwrap(), Some(name));
+        }
+        // 8 → s1 (7) → a (6) → s2 (5) → b (4) → s3 (3): always more than a quarter (2) left.
+        assert_eq!((kept(&files), BUDGET.available()), ((2, 3), 3));
+        let mut other = CgroupFiles::with_budget(&BUDGET);
+        other.start_sample();
+        assert_eq!(other.read_setting(dir.path(), "s1").unwrap(), Some("s1"));
+        assert_eq!(other.read(dir.path(), "a").unwrap(), Some("a"));
+        assert_eq!(other.read_setting(dir.path(), "s2").unwrap(), Some("s2"));
+        // 3 → s1 (2) → a (1) → s2: 1 is not above 2, so read per refresh instead.
+        assert_eq!((kept(&other), BUDGET.available()), ((1, 1), 1));
+        // A container arrives and is owed 2: settings are closed first.
+        let container = BUDGET.take_for_container(2);
+        files.start_sample();
+        assert_eq!((kept(&files), BUDGET.available()), ((2, 1), 0));
+        // Still read, and right.
+        assert_eq!(files.read_setting(dir.path(), "s2").unwrap(), Some("s2"));
+        // None left: a file read every sample borrows one that a kept setting gives back.
+        let mut third = CgroupFiles::with_budget(&BUDGET);
+        third.start_sample();
+        assert_eq!(third.read(dir.path(), "a").unwrap(), Some("a"));
+        assert_eq!((kept(&third), BUDGET.available()), ((1, 0), -1));
+        third.start_sample();
+        assert_eq!(kept(&third), (1, 0), "the debt is left to containers holding settings");
+        other.start_sample();
+        assert_eq!((kept(&other), BUDGET.available()), ((1, 0), 0));
+        drop((container, files, other, third));
+        assert_eq!(BUDGET.available(), 8);
     }
 
     #[test]

@@ -117,20 +117,31 @@ fn usec_to_ns(v: Option<u64>) -> Option<u64> {
     v.map(|us| us.saturating_mul(1000))
 }
 
-/// cgroup v1 `cpuacct` (usage, user/system) and `cpu` (CFS throttling).
+/// cgroup v1 `cpu` (CFS throttling) with usage and user/system time from the unified
+/// hierarchy's core `cpu.stat` when there is one (hybrid mode: one file instead of `cpuacct`'s
+/// two, and exact user/system split instead of ticks), else from `cpuacct`.
 struct CpuV1;
 impl Collector for CpuV1 {
     fn name(&self) -> &'static str {
         "cpu"
     }
     fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
-        if let Some(dir) = cg.v1_dir("cpuacct") {
-            out.cpu.usage_ns = read_with(files, dir, "cpuacct.usage", kernfs::parse_u64)?;
-            // cpuacct.stat counts USER_HZ ticks.
-            let [user, system] = flat(files, dir, "cpuacct.stat", &["user", "system"])?;
-            let tick_ns = 1_000_000_000 / clock_ticks_per_second();
-            out.cpu.user_ns = user.map(|t| t.saturating_mul(tick_ns));
-            out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
+        if let Some(dir) = cg.unified_dir() {
+            let [usage, user, system] = flat(files, dir, "cpu.stat", &["usage_usec", "user_usec", "system_usec"])?;
+            out.cpu.usage_ns = usec_to_ns(usage);
+            out.cpu.user_ns = usec_to_ns(user);
+            out.cpu.system_ns = usec_to_ns(system);
+        }
+        // Kernels before 4.15 have no core cpu.stat in the unified hierarchy.
+        if out.cpu.usage_ns.is_none() {
+            if let Some(dir) = cg.v1_dir("cpuacct") {
+                out.cpu.usage_ns = read_with(files, dir, "cpuacct.usage", kernfs::parse_u64)?;
+                // cpuacct.stat counts USER_HZ ticks.
+                let [user, system] = flat(files, dir, "cpuacct.stat", &["user", "system"])?;
+                let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+                out.cpu.user_ns = user.map(|t| t.saturating_mul(tick_ns));
+                out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
+            }
         }
         if let Some(dir) = cg.v1_dir("cpu") {
             let [periods, throttled, throttled_ns] = flat(files, dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
@@ -176,19 +187,16 @@ impl Collector for MemoryV1 {
         let Some(dir) = cg.v1_dir("memory") else { return Ok(()) };
         let m = &mut out.memory;
         m.usage_bytes = read_with(files, dir, "memory.usage_in_bytes", kernfs::parse_u64)?;
+        // total_swap is there when swap is accounted (the memsw files exist): it saves reading
+        // memory.memsw.usage_in_bytes (memory + swap) every sample.
         let [rss, cache, inactive_file, swap] =
             flat(files, dir, "memory.stat", &["total_rss", "total_cache", "total_inactive_file", "total_swap"])?;
         m.rss_bytes = rss;
         m.cache_bytes = cache;
+        m.swap_bytes = swap;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
         m.failcnt = read_with(files, dir, "memory.failcnt", kernfs::parse_u64)?;
         m.limit = read_setting(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
-        // memsw counts memory + swap; swap alone is the difference.
-        let memsw_usage = read_with(files, dir, "memory.memsw.usage_in_bytes", kernfs::parse_u64)?;
-        m.swap_bytes = match (memsw_usage, m.usage_bytes) {
-            (Some(both), Some(mem)) => Some(both.saturating_sub(mem)),
-            _ => swap,
-        };
         let memsw_limit = read_setting(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
         m.swap_limit = match (memsw_limit, m.limit) {
             (Some(Limit::Value(both)), Some(Limit::Value(mem))) => Some(Limit::Value(both.saturating_sub(mem))),
@@ -412,6 +420,75 @@ mod tests {
         assert_eq!(s.io.len(), 2);
         let sdb = s.io.iter().find(|d| d.device.ends_with("8:16") || d.device == "/dev/sdb").unwrap();
         assert_eq!((sdb.read_bytes, sdb.write_bytes, sdb.reads, sdb.writes), (1_459_200, 314_773_504, 192, 353));
+    }
+
+    /// A hybrid layout (v1 controllers plus the unified hierarchy) under `root`, its container
+    /// `c` filled with files captured from real kernels.
+    fn hybrid_fixture_tree(root: &Path) -> (Layout, ContainerCgroup) {
+        let fixtures = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
+        let mut hierarchies = Vec::new();
+        let files: &[(&str, &[(&str, &str)])] = &[
+            ("cpu", &[("cpu.stat", "v1/root.cpu.stat")]),
+            ("cpuacct", &[("cpuacct.usage", "v1/root.cpuacct.usage"), ("cpuacct.stat", "v1/root.cpuacct.stat")]),
+            ("memory", &[
+                ("memory.stat", "v1/container.memory.stat"),
+                ("memory.usage_in_bytes", "v1/container.memory.usage_in_bytes"),
+                ("memory.oom_control", "v1/container.memory.oom_control"),
+                ("cgroup.procs", "v1/container.cgroup.procs"),
+            ]),
+            ("unified", &[("cpu.stat", "unified/root.cpu.stat"), ("cpu.pressure", "unified/root.cpu.pressure")]),
+        ];
+        for (name, list) in files {
+            let dir = root.join(name);
+            std::fs::create_dir_all(dir.join("c")).unwrap();
+            for (file, fixture) in *list {
+                std::fs::copy(fixtures.join(fixture), dir.join("c").join(file)).unwrap();
+            }
+            let (version, controllers) =
+                if *name == "unified" { (Version::V2, vec![]) } else { (Version::V1, vec![name.to_string()]) };
+            hierarchies.push(Hierarchy {
+                version,
+                controllers,
+                mount: dir.clone(),
+                own_dir: dir.clone(),
+                parent_dir: dir,
+                parent_path: "/".into(),
+            });
+        }
+        let layout = Layout { mode: Mode::Hybrid, hierarchies };
+        let cg = ContainerCgroup::at(&layout, "c");
+        (layout, cg)
+    }
+
+    #[test]
+    fn hybrid_takes_cpu_time_from_the_unified_cpu_stat_and_swap_from_memory_stat() {
+        let root = tempfile::tempdir().unwrap();
+        let (layout, cg) = hybrid_fixture_tree(root.path());
+        let collectors = collectors_for(&layout);
+        // Files kept open, and sampled twice: the unified and the v1 `cpu.stat` stay apart.
+        static BUDGET: super::super::files::DescriptorBudget = super::super::files::DescriptorBudget::new(100);
+        let mut files = CgroupFiles::with_budget(&BUDGET);
+        let _ = sample(&collectors, &cg, &mut files);
+        let (s, errors) = sample(&collectors, &cg, &mut files);
+        assert!(errors.is_empty(), "{errors:?}");
+        // unified/root.cpu.stat, not cpuacct.usage (118529100965 ns).
+        assert_eq!(s.cpu.usage_ns, Some(116_824_527_000));
+        assert_eq!(s.cpu.user_ns, Some(83_299_459_000));
+        assert_eq!(s.cpu.system_ns, Some(33_525_067_000));
+        assert_eq!(s.cpu.periods, Some(0), "throttling still comes from the v1 cpu controller");
+        assert_eq!(s.memory.usage_bytes, Some(364_220_416));
+        assert_eq!(s.memory.working_set_bytes, Some(364_220_416 - 216_039_424));
+        assert_eq!(s.memory.swap_bytes, Some(0), "total_swap of memory.stat");
+        assert!(s.pressure.cpu.is_some());
+
+        // A kernel without the core cpu.stat in the unified hierarchy: cpuacct instead.
+        std::fs::remove_file(root.path().join("unified/c/cpu.stat")).unwrap();
+        let (s, errors) = sample(&collectors, &cg, &mut CgroupFiles::new());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.cpu.usage_ns, Some(118_529_100_965));
+        let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+        assert_eq!(s.cpu.user_ns, Some(8451 * tick_ns));
+        assert_eq!(s.cpu.system_ns, Some(3401 * tick_ns));
     }
 
     /// A pure-v2 layout whose parent is `dir`.

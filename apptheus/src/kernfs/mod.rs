@@ -73,8 +73,8 @@ impl<'a> Iterator for Lines<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let rest = self.rest?;
-            let (current, next) = match rest.split_once('\n') {
-                Some((current, next)) => (current, Some(next)),
+            let (current, next) = match memchr::memchr(b'\n', rest.as_bytes()) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
                 None => (rest, None),
             };
             self.rest = next;

@@ -116,6 +116,22 @@ proptest! {
     }
 
     #[test]
+    fn flat_keyed_get_agrees_with_the_line_iterator(text in format_like(), keys in prop::collection::vec("[a-z_]{1,6}", 3)) {
+        let keys = [keys[0].as_str(), keys[1].as_str(), keys[2].as_str()];
+        prop_assert_eq!(flat_keyed_get(&text, &keys), flat_keyed::flat_keyed_get_by_lines(&text, &keys));
+    }
+
+    #[test]
+    fn flat_keyed_get_agrees_on_flat_files(
+        lines in prop::collection::vec(("[a-c]{1,2}", "[ \t]{0,2}", "[0-9]{0,21}|[0-9 x+-]{1,4}"), 0..12),
+        key in "[a-c]{1,2}",
+    ) {
+        let text: String = lines.iter().map(|(k, sp, v)| format!("{k} {sp}{v}\n")).collect();
+        let keys = [key.as_str(), "a", "zz"];
+        prop_assert_eq!(flat_keyed_get(&text, &keys), flat_keyed::flat_keyed_get_by_lines(&text, &keys));
+    }
+
+    #[test]
     fn single_value_and_limit_round_trip(v in any::<u64>()) {
         prop_assert_eq!(parse_u64(&format!("{v}\n")), Ok(v));
         let expected = if v >= Limit::UNLIMITED_THRESHOLD { Limit::Unlimited } else { Limit::Value(v) };

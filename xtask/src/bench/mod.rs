@@ -797,7 +797,7 @@ fn render(
                 row.extend(floors.iter().map(|r| num(r.per_file_us[i])));
                 t.row(row);
             }
-            let mut total = vec!["all 19 (one container-sample)".to_string()];
+            let mut total = vec![format!("all {} (one container-sample)", sys::SAMPLED_FILES.len())];
             total.extend(floors.iter().map(|r| num(r.per_file_us.iter().sum())));
             t.row(total);
             o.push_str(&t.markdown());

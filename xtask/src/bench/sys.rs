@@ -17,14 +17,12 @@ pub const UNIFIED: &str = "unified";
 /// The files the agent samples per container per interval (hybrid mode), by hierarchy.
 /// The floor reads exactly these.
 pub const SAMPLED_FILES: &[(&str, &str)] = &[
-    ("cpuacct", "cpuacct.usage"),
-    ("cpuacct", "cpuacct.stat"),
+    (UNIFIED, "cpu.stat"),
     ("cpu", "cpu.stat"),
     ("memory", "memory.usage_in_bytes"),
     ("memory", "memory.stat"),
     ("memory", "memory.failcnt"),
     ("memory", "memory.limit_in_bytes"),
-    ("memory", "memory.memsw.usage_in_bytes"),
     ("memory", "memory.memsw.limit_in_bytes"),
     ("memory", "memory.oom_control"),
     ("pids", "pids.current"),
