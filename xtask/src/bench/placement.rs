@@ -110,6 +110,9 @@ pub struct PlacementRun {
     /// Per burst: agent CPU seconds from release to the last ack, and that wall time.
     pub burst_cpu_wall: Vec<(f64, f64)>,
     pub profile: Option<String>,
+    /// [`kernel_floor`] per burst, in every hierarchy and in the unified one alone (ms).
+    pub floor_ms: Vec<f64>,
+    pub floor_unified_ms: Vec<f64>,
 }
 
 pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profile: bool, tmp: &Path) -> Result<PlacementRun> {
@@ -203,7 +206,17 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
         // Let the burst settle before the next one.
         sys::sleep(Duration::from_millis(1000))?;
     }
-    let run = PlacementRun { placed, refused, scrape_ms, bursts, burst, burst_cpu_wall, profile: profile_text };
+    let run = PlacementRun {
+        placed,
+        refused,
+        scrape_ms,
+        bursts,
+        burst,
+        burst_cpu_wall,
+        profile: profile_text,
+        floor_ms: Vec::new(),
+        floor_unified_ms: Vec::new(),
+    };
     drop(clients);
     Ok(run)
 }
@@ -252,5 +265,75 @@ mod tests {
         let t = "container_start_time_seconds{name=\"a_1\"} 1\ncontainer_cpu_usage_seconds_total{name=\"b_2\",id=\"/x\",cpu=\"total\"} 0\n";
         let n = super::sampled_names(t);
         assert!(n.contains("b_2") && !n.contains("a_1"));
+    }
+}
+
+/// The kernel's part of a placement, alone: for each of `burst` sleeping processes (started
+/// first), `mkdir` its cgroup in every hierarchy and write its pid to each `cgroup.procs`, one
+/// after the other in one thread, as a minimal placer would. The kernel serialises these on
+/// `cgroup_mutex` and the thread-group rwsem whoever makes them, so a burst's last launcher
+/// cannot be acked before this much time. Returns each burst's total in ms; `unified_only`
+/// does it in the cgroup2 hierarchy alone (what a pure-v2 host needs).
+pub fn kernel_floor(bursts: usize, burst: usize, unified_only: bool) -> Result<Vec<f64>> {
+    let hier = sys::Hierarchies::detect()?;
+    let own = hier.own_dirs(std::process::id())?;
+    // One directory per mount (cpu and cpuacct may share one), below the harness's own cgroup.
+    let mut parents: Vec<std::path::PathBuf> = Vec::new();
+    for (name, dir) in &own {
+        if unified_only && name != sys::UNIFIED {
+            continue;
+        }
+        let p = dir.join(format!("apptheus-bench-floor-{}", std::process::id()));
+        if !parents.contains(&p) {
+            parents.push(p);
+        }
+    }
+    for p in &parents {
+        std::fs::create_dir_all(p).with_context(|| format!("mkdir {}", p.display()))?;
+    }
+    let mut totals = Vec::new();
+    let result = (|| -> Result<()> {
+        for _ in 0..bursts {
+            sys::check_interrupt()?;
+            let mut sleepers = Sleepers(Vec::new());
+            for _ in 0..burst {
+                sleepers.0.push(Command::new("sleep").arg("3600").stdin(Stdio::null()).spawn().context("starting sleep")?);
+            }
+            let pids: Vec<u32> = sleepers.0.iter().map(Child::id).collect();
+            let start = Instant::now();
+            for pid in &pids {
+                for p in &parents {
+                    std::fs::create_dir(p.join(pid.to_string())).with_context(|| format!("mkdir in {}", p.display()))?;
+                }
+                for p in &parents {
+                    std::fs::write(p.join(pid.to_string()).join("cgroup.procs"), pid.to_string())
+                        .with_context(|| format!("moving {pid} in {}", p.display()))?;
+                }
+            }
+            totals.push(start.elapsed().as_secs_f64() * 1e3);
+            drop(sleepers);
+            for pid in &pids {
+                for p in &parents {
+                    let _ = std::fs::remove_dir(p.join(pid.to_string()));
+                }
+            }
+        }
+        Ok(())
+    })();
+    for p in &parents {
+        let _ = sys::rmdir_cgroup_tree(p);
+    }
+    result.map(|()| totals)
+}
+
+/// Sleeping processes of the floor, killed by recorded pid and reaped when dropped.
+struct Sleepers(Vec<Child>);
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
