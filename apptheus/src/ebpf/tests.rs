@@ -516,6 +516,49 @@ fn exec_and_fork_counts_only_the_watched_cgroup() {
 }
 
 #[test]
+fn the_batch_read_matches_per_container_lookups() {
+    let Some(mut s) = setup() else { return };
+    let run = |cg: &mut TestCgroup, n: usize| {
+        let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+        assert!(cg.spawn(Command::new("/bin/sh").args(["-c", &script]), None).wait().expect("wait").success());
+    };
+    let (mut a, mut b) = (TestCgroup::new("batch-a"), TestCgroup::new("batch-b"));
+    let (ida, idb) = (a.id(), b.id());
+    s.ebpf.watch(ida, &a.unified).expect("watch a");
+    s.ebpf.watch(idb, &b.unified).expect("watch b");
+    run(&mut a, 5);
+    run(&mut b, 12);
+
+    // A fresh batch read (max age 0) gives what one lookup per container gives.
+    let fresh = Duration::ZERO;
+    for id in [ida, idb] {
+        assert_eq!(s.ebpf.read_recent(id, &EbpfCounters::default(), fresh), Some(read(&s.ebpf, id)));
+    }
+    assert!(s.ebpf.recent.taken.is_some() && !s.ebpf.recent.unsupported, "the batch lookup works on this kernel");
+    assert!(read(&s.ebpf, idb).execs > read(&s.ebpf, ida).execs, "the two cgroups' entries are not mixed up");
+    // It continues an earlier run's counts like read_continuing.
+    let base = EbpfCounters { execs: 1000, ..Default::default() };
+    assert_eq!(s.ebpf.read_recent(ida, &base, fresh), s.ebpf.read_continuing(ida, &base));
+
+    // Within the max age the batch is reused: the figures trail the map...
+    let long = Duration::from_secs(3600);
+    let before = s.ebpf.read_recent(ida, &EbpfCounters::default(), long).expect("watched");
+    run(&mut a, 3);
+    assert_eq!(s.ebpf.read_recent(ida, &EbpfCounters::default(), long), Some(before.clone()));
+    assert!(read(&s.ebpf, ida).execs >= before.execs + 3);
+    // ...and a cgroup watched after the batch read gets its own lookup.
+    let mut c = TestCgroup::new("batch-c");
+    let idc = c.id();
+    s.ebpf.watch(idc, &c.unified).expect("watch c");
+    run(&mut c, 2);
+    assert_eq!(s.ebpf.read_recent(idc, &EbpfCounters::default(), long), Some(read(&s.ebpf, idc)));
+    assert!(read(&s.ebpf, idc).execs >= 2);
+    for id in [ida, idb, idc] {
+        s.ebpf.unwatch(id);
+    }
+}
+
+#[test]
 fn loopback_tcp_bytes_are_counted_both_ways() {
     let Some(mut s) = setup() else { return };
     let mut cg = TestCgroup::new("net");
