@@ -8,8 +8,6 @@ use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 use apptheus_common::CgroupCounters;
 
-use super::EbpfCounters;
-
 /// `enum bpf_cmd` value (uapi/linux/bpf.h), in the kernel since 5.6.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
@@ -31,15 +29,22 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every cgroup id in the map and its counters summed over CPUs, into `out` (cleared first).
-/// `cpus` is the number of possible CPUs: the kernel writes one value per possible CPU.
-/// Fails (EINVAL) on kernels without batch lookups; the caller then reads entry by entry.
-pub fn read_all(map: BorrowedFd<'_>, cpus: usize, out: &mut HashMap<u64, EbpfCounters>) -> io::Result<()> {
-    out.clear();
+/// Every entry of the map: `index` maps each cgroup id to its position `i`, and its per-CPU
+/// values are `values[i * cpus..(i + 1) * cpus]` (both cleared first). `cpus` is the number of
+/// possible CPUs: the kernel writes one value per possible CPU. Fails (EINVAL) on kernels
+/// without batch lookups; the caller then reads entry by entry.
+pub fn read_all(
+    map: BorrowedFd<'_>,
+    cpus: usize,
+    index: &mut HashMap<u64, usize>,
+    values: &mut Vec<CgroupCounters>,
+) -> io::Result<()> {
+    index.clear();
+    values.clear();
     let cpus = cpus.max(1);
     let mut keys = vec![0u64; CHUNK];
     // CgroupCounters is all u64: its size is already the 8-byte multiple the kernel uses.
-    let mut values = vec![CgroupCounters::default(); CHUNK * cpus];
+    let mut chunk = vec![CgroupCounters::default(); CHUNK * cpus];
     // The hash map's position token is a u32 bucket index; a u64 leaves room.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
@@ -48,7 +53,7 @@ pub fn read_all(map: BorrowedFd<'_>, cpus: usize, out: &mut HashMap<u64, EbpfCou
             in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
+            values: chunk.as_mut_ptr() as u64,
             count: CHUNK as u32,
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
@@ -62,8 +67,8 @@ pub fn read_all(map: BorrowedFd<'_>, cpus: usize, out: &mut HashMap<u64, EbpfCou
         // The kernel sets count to the entries copied, also on the last (ENOENT) call.
         let copied = (attr.count as usize).min(CHUNK);
         for (i, key) in keys.iter().take(copied).enumerate() {
-            let sum = out.entry(*key).or_default();
-            values[i * cpus..(i + 1) * cpus].iter().for_each(|c| sum.add(c));
+            index.insert(*key, values.len() / cpus);
+            values.extend_from_slice(&chunk[i * cpus..(i + 1) * cpus]);
         }
         match err {
             None => {
@@ -72,7 +77,8 @@ pub fn read_all(map: BorrowedFd<'_>, cpus: usize, out: &mut HashMap<u64, EbpfCou
             }
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Some(e) => {
-                out.clear();
+                index.clear();
+                values.clear();
                 return Err(e);
             }
         }

@@ -85,24 +85,6 @@ pub struct EbpfCounters {
 }
 
 impl EbpfCounters {
-    /// Adds another sum (all fields).
-    fn add_all(&mut self, o: &EbpfCounters) {
-        self.voluntary_switches += o.voluntary_switches;
-        self.involuntary_switches += o.involuntary_switches;
-        for (sum, v) in self.runqueue_latency_log2_ns.iter_mut().zip(o.runqueue_latency_log2_ns) {
-            *sum += v;
-        }
-        self.runqueue_latency_sum_ns += o.runqueue_latency_sum_ns;
-        self.forks += o.forks;
-        self.execs += o.execs;
-        self.exits += o.exits;
-        self.oom_kills += o.oom_kills;
-        self.rx_bytes += o.rx_bytes;
-        self.tx_bytes += o.tx_bytes;
-        self.rx_packets += o.rx_packets;
-        self.tx_packets += o.tx_packets;
-    }
-
     fn add(&mut self, c: &CgroupCounters) {
         self.voluntary_switches += c.voluntary_switches;
         self.involuntary_switches += c.involuntary_switches;
@@ -134,11 +116,15 @@ pub struct Ebpf {
     recent: RecentCounters,
 }
 
-/// Counters of every watched cgroup from one batch read, and when it was taken.
+/// Counters of every watched cgroup from one batch read ([`batch::read_all`]), and when it was
+/// taken.
 #[derive(Default)]
 struct RecentCounters {
     taken: Option<std::time::Instant>,
-    by_cgroup: HashMap<u64, EbpfCounters>,
+    index: HashMap<u64, usize>,
+    /// `cpus` values per cgroup, in `index` order.
+    per_cpu: Vec<CgroupCounters>,
+    cpus: usize,
     /// The kernel refused the batch read (before 5.6): read entry by entry.
     unsupported: bool,
 }
@@ -293,8 +279,8 @@ impl Ebpf {
             recent.taken = None;
             if let Some(aya::maps::Map::PerCpuHashMap(map)) = loaded.bpf.map("COUNTERS") {
                 use std::os::fd::AsFd as _;
-                let cpus = aya::util::nr_cpus().unwrap_or(1);
-                match batch::read_all(map.fd().as_fd(), cpus, &mut recent.by_cgroup) {
+                recent.cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+                match batch::read_all(map.fd().as_fd(), recent.cpus, &mut recent.index, &mut recent.per_cpu) {
                     Ok(()) => recent.taken = Some(now),
                     Err(e) => {
                         tracing::info!("eBPF counters read one container at a time (no batch lookup in this kernel: {e})");
@@ -303,10 +289,10 @@ impl Ebpf {
                 }
             }
         }
-        match recent.taken.and(recent.by_cgroup.get(&cgroup_id)) {
-            Some(counters) => {
+        match recent.taken.and(recent.index.get(&cgroup_id)) {
+            Some(&i) => {
                 let mut sum = base.clone();
-                sum.add_all(counters);
+                recent.per_cpu[i * recent.cpus..(i + 1) * recent.cpus].iter().for_each(|c| sum.add(c));
                 Some(sum)
             }
             // Watched after the batch read (or no batch read): its own lookup.
