@@ -131,7 +131,7 @@ pub const SETTING_REFRESH_SAMPLES: u64 = 10;
 
 /// A file: its directory (index into [`CgroupFiles::dirs`]) and name. The same name can be
 /// read from two hierarchies (`cpu.stat` of v1 `cpu` and of the unified hierarchy).
-type FileKey = (u8, &'static str);
+type FileKey = (usize, &'static str);
 
 /// The files of one container, by directory and name.
 pub struct CgroupFiles {
@@ -244,7 +244,7 @@ impl CgroupFiles {
                 self.dirs.len() - 1
             }
         };
-        (u8::try_from(i).unwrap_or(u8::MAX), name)
+        (i, name)
     }
 
     /// The slot of `dir`/`name` in `slots` (or `setting_slots`), if it has one.
@@ -252,7 +252,7 @@ impl CgroupFiles {
         if !setting {
             // The expected file: the same name (one string literal) in the same directory.
             if let Some(((d, n), _)) = self.slots.get(self.cursor) {
-                if std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len() && self.dirs[*d as usize].as_os_str() == dir.as_os_str() {
+                if std::ptr::eq(n.as_ptr(), name.as_ptr()) && n.len() == name.len() && self.dirs[*d].as_os_str() == dir.as_os_str() {
                     return ((*d, n), Some(self.cursor));
                 }
             }
