@@ -12,6 +12,7 @@ use crate::cli::{split_trust_paths, AgentArgs};
 use crate::duration::format_duration;
 use crate::ebpf::{Ebpf, EbpfOptions};
 use crate::gateway::Socket;
+use crate::monitor::{self, Monitor};
 use crate::{persistence, recovery};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -31,6 +32,8 @@ pub struct Agent {
     pub env_labels: Vec<String>,
     /// The eBPF programs and maps (possibly not loaded: `up()` says).
     pub ebpf: Mutex<Ebpf>,
+    /// The sampling thread's queue of new containers.
+    pub monitor: Monitor,
     pub shutdown: CancellationToken,
 }
 
@@ -46,8 +49,10 @@ impl Agent {
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
     let fds = raise_fd_limit();
-    // Keep cgroup files open for sampling with what is left after a reserve for HTTP, eBPF and
-    // the rest; each container takes what it needs for itself from the same budget.
+    // Keep cgroup files open for sampling with what is left after a reserve (the sampling
+    // thread's table starts as a copy of the process's, and files it opens for one read). When
+    // that thread cannot have a table of its own, each container also books its connection
+    // and eBPF links from the same budget.
     cgroup::set_open_file_budget(fds.saturating_sub(4096));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;
@@ -79,6 +84,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
     telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs(), args.ebpf_max_containers);
+    let (monitor, sampler_queue) = Monitor::new();
     let agent = Arc::new(Agent {
         collectors: cgroup::collectors_for(&layout),
         layout,
@@ -89,12 +95,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         retention: args.metrics_retention,
         env_labels: crate::environ::wanted_vars(&args.metrics_env_labels),
         ebpf: Mutex::new(ebpf),
+        monitor,
         shutdown: CancellationToken::new(),
     });
+    let sampler = monitor::start(agent.clone(), sampler_queue, tokio::runtime::Handle::current())?;
     for (id, cg) in recovered.adopted {
-        tokio::spawn(crate::monitor::watch(agent.clone(), id, cg, crate::monitor::EbpfWatch::Start));
+        let ebpf_id = monitor::ebpf_watch(&agent, &id, &cg);
+        agent.monitor.watch(id, cg, ebpf_id);
     }
-    tokio::spawn(crate::monitor::expire_ended(agent.clone()));
+    tokio::spawn(monitor::expire_ended(agent.clone()));
     let writer = persistence_file.clone().map(|path| tokio::spawn(write_periodically(agent.clone(), path, args.persistence_interval)));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -120,10 +129,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down: no new launchers; running containers keep running");
     agent.shutdown.cancel();
+    agent.monitor.stop();
     if let Ok(socket) = accept.await {
         drop(socket);
     }
     let _ = http.await;
+    // The store's last samples are final once the sampling thread is out.
+    let _ = tokio::task::spawn_blocking(move || sampler.join()).await;
     if let Some(writer) = writer {
         let _ = writer.await;
     }

@@ -138,7 +138,7 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
     agent.telemetry.count_connection(RESULT_ACCEPTED);
     if let Some((cg, ebpf_id)) = cg {
         tracing::info!(container = %info.id, pid = info.pid, user = %info.user, exe = %info.exe.display(), cgroup = %info.cgroup_path, "container placed");
-        tokio::spawn(crate::monitor::watch(agent.clone(), info.id.clone(), cg, crate::monitor::EbpfWatch::Tried(ebpf_id)));
+        agent.monitor.watch(info.id.clone(), cg, ebpf_id);
     }
     reply(&mut stream, &Ack::Ok { id: info.id.clone(), cgroup: info.cgroup_path.clone() }).await;
     hold(agent, stream, &info.id).await;

@@ -82,10 +82,9 @@ impl DescriptorBudget {
         self.give_back(n);
     }
 
-    /// What a container needs besides its sampled files (its launcher's connection, and
-    /// `extra` more, such as its own cgroup_skb links), held for its life.
-    pub fn take_for_container(&'static self, extra: usize) -> ContainerDescriptors {
-        let n = 1 + extra;
+    /// The `n` descriptors a container needs besides its sampled files when they share a table
+    /// (its launcher's connection, its own cgroup_skb links), held for its life.
+    pub fn take_for_container(&'static self, n: usize) -> ContainerDescriptors {
         self.available.fetch_sub(n as isize, Ordering::Relaxed);
         ContainerDescriptors { budget: self, n }
     }
@@ -403,7 +402,7 @@ mod tests {
         let kept = |f: &CgroupFiles| f.slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).count();
         assert_eq!((kept(&files), BUDGET.available()), (4, 0), "all four kept open");
         // A container arrives: the budget is owed 3, and the next sample pays it back.
-        let container = BUDGET.take_for_container(2);
+        let container = BUDGET.take_for_container(3);
         assert_eq!(BUDGET.available(), -3);
         files.start_sample();
         assert_eq!((kept(&files), BUDGET.available()), (1, 0));
@@ -455,7 +454,7 @@ mod tests {
         // 3 → s1 (2) → a (1) → s2: 1 is not above 2, so read per refresh instead.
         assert_eq!((kept(&other), BUDGET.available()), ((1, 1), 1));
         // A container arrives and is owed 2: settings are closed first.
-        let container = BUDGET.take_for_container(2);
+        let container = BUDGET.take_for_container(3);
         files.start_sample();
         assert_eq!((kept(&files), BUDGET.available()), ((2, 1), 0));
         // Still read, and right.

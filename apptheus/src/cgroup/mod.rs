@@ -6,7 +6,7 @@ mod placement;
 mod sample;
 mod stats;
 
-pub use files::{set_open_file_budget, CgroupFiles, DESCRIPTORS};
+pub use files::{set_open_file_budget, CgroupFiles, ContainerDescriptors, DESCRIPTORS};
 pub use layout::{Hierarchy, Layout, Mode, Version};
 pub use placement::{prepare_parent, AttachError, ContainerCgroup, AGENT_LEAF};
 pub use sample::{CpuStats, DeviceIo, MemoryStats, PidStats, PressureStats, Sample, Timed};
