@@ -49,10 +49,8 @@ impl Agent {
 pub async fn run(args: AgentArgs) -> Result<()> {
     check_privileges()?;
     let fds = raise_fd_limit();
-    // Keep cgroup files open for sampling with what is left after a reserve (the sampling
-    // thread's table starts as a copy of the process's, and files it opens for one read). When
-    // that thread cannot have a table of its own, each container also books its connection
-    // and eBPF links from the same budget.
+    // Keep cgroup files open for sampling with what is left after a reserve for HTTP, eBPF and
+    // the rest; each container takes what it needs for itself from the same budget.
     cgroup::set_open_file_budget(fds.saturating_sub(4096));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let layout = Layout::detect(&args.cgroup_parent)?;

@@ -6,16 +6,6 @@
 //! without a runtime poll, timer or task switch each, and the thread's kept cgroup files are
 //! read one after the other (bench/RESULTS.md, "Sampling cost"). The Go original shared one
 //! ticker too, but sampled one container per tick.
-//!
-//! The thread has a descriptor table of its own (`unshare(CLONE_FILES)`): in a table no other
-//! thread shares, the kernel looks a descriptor up without taking a reference on its file, which
-//! saves an atomic operation on a cold cache line in each of the ~13 reads of a sample. The
-//! table starts as a copy of the process's, so descriptors opened before (the eBPF maps, the
-//! runtime's wake-up eventfd) work in both; the thread's cgroup files exist only in its own and
-//! never leave it. So that this holds, the thread never creates another thread, never receives
-//! a descriptor, and hands work that opens or closes the process's descriptors (removing a
-//! cgroup, detaching eBPF links) to the runtime. `/proc/<pid>/fd` lists the process's table;
-//! the thread's is `/proc/<pid>/task/<tid>/fd` (thread name `apptheus-sample`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -72,7 +62,7 @@ pub struct Queue(Receiver<Command>);
 pub fn start(agent: Arc<Agent>, queue: Queue, runtime: tokio::runtime::Handle) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("apptheus-sample".into())
-        .spawn(move || Sampler { agent, runtime, containers: Vec::new(), own_table: false }.run(queue.0))
+        .spawn(move || Sampler { agent, runtime, containers: Vec::new() }.run(queue.0))
         .context("starting the sampling thread")
 }
 
@@ -99,22 +89,10 @@ struct Sampler {
     agent: Arc<Agent>,
     runtime: tokio::runtime::Handle,
     containers: Vec<Watched>,
-    /// Whether the thread has its own descriptor table.
-    own_table: bool,
 }
 
 impl Sampler {
     fn run(mut self, commands: Receiver<Command>) {
-        // SAFETY: descriptors opened on this thread from now on stay on it, and the ones it uses
-        // from elsewhere were opened before (see the module comment).
-        self.own_table = match unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) } {
-            Ok(()) => true,
-            Err(err) => {
-                // Still correct, a little slower: the files share the process's table.
-                tracing::info!(%err, "sampling shares the process's descriptor table (unshare failed)");
-                false
-            }
-        };
         loop {
             let now = Instant::now();
             let wait = self.containers.iter().map(|c| c.due.unwrap_or(now)).min().map(|due| due.saturating_duration_since(now));
@@ -138,10 +116,8 @@ impl Sampler {
         // What an earlier agent run counted (from the persistence file) is the base the
         // counters continue.
         let base = self.agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default();
-        // In a table of its own, the thread's files do not compete with the launcher's
-        // connection and eBPF links, which are in the process's table.
-        let for_container = if self.own_table { 0 } else { 1 + self.agent.ebpf().descriptors_per_container() };
-        let descriptors = cgroup::DESCRIPTORS.take_for_container(for_container);
+        // The launcher's connection and the container's own eBPF links.
+        let descriptors = cgroup::DESCRIPTORS.take_for_container(1 + self.agent.ebpf().descriptors_per_container());
         let files = CgroupFiles::new();
         self.containers.push(Watched { id, cg, files, ebpf: EbpfTrack { id: ebpf_id, base }, descriptors, due: None });
     }
@@ -188,21 +164,14 @@ impl Sampler {
         }
         agent.telemetry.containers.set(agent.store.live_count() as i64);
         let agent = agent.clone();
-        // Spawned from a runtime thread: a blocking-pool thread started from this one would
-        // share its descriptor table.
-        self.runtime.spawn(async move {
-            let removal = tokio::task::spawn_blocking(move || {
-                if let Some(cgid) = ebpf.id {
-                    ebpf_unwatch(&agent, cgid);
-                }
-                let path = cg.path.clone();
-                match cg.remove() {
-                    Ok(()) => tracing::info!(container = %id, cgroup = %path, "container ended; cgroup removed"),
-                    Err(err) => tracing::warn!(container = %id, cgroup = %path, err = %format!("{err:#}"), "container ended; cgroup not removed"),
-                }
-            });
-            if let Err(err) = removal.await {
-                tracing::error!(%err, "cgroup removal task failed");
+        self.runtime.spawn_blocking(move || {
+            if let Some(cgid) = ebpf.id {
+                ebpf_unwatch(&agent, cgid);
+            }
+            let path = cg.path.clone();
+            match cg.remove() {
+                Ok(()) => tracing::info!(container = %id, cgroup = %path, "container ended; cgroup removed"),
+                Err(err) => tracing::warn!(container = %id, cgroup = %path, err = %format!("{err:#}"), "container ended; cgroup not removed"),
             }
         });
     }

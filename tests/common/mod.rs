@@ -465,16 +465,3 @@ pub fn thaw(pid: u32) {
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
-
-/// The thread of `pid` named `name`, if there is one.
-pub fn thread_named(pid: u32, name: &str) -> Option<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|t| {
-        let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
-        (comm.trim_end() == name).then(|| t.file_name().to_str()?.parse().ok()).flatten()
-    })
-}
-
-/// Number of open descriptors in the table of one thread (which may have a table of its own).
-pub fn thread_fd_count(pid: u32, tid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task/{tid}/fd")).map(|d| d.count()).unwrap_or(0)
-}

@@ -82,8 +82,8 @@ impl DescriptorBudget {
         self.give_back(n);
     }
 
-    /// The `n` descriptors a container needs besides its sampled files when they share a table
-    /// (its launcher's connection, its own cgroup_skb links), held for its life.
+    /// The `n` descriptors a container needs besides its sampled files (its launcher's
+    /// connection, its own cgroup_skb links), held for its life.
     pub fn take_for_container(&'static self, n: usize) -> ContainerDescriptors {
         self.available.fetch_sub(n as isize, Ordering::Relaxed);
         ContainerDescriptors { budget: self, n }

@@ -258,16 +258,6 @@ fn sampled_names(text: &str) -> std::collections::HashSet<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn finds_sampled_containers() {
-        let t = "container_start_time_seconds{name=\"a_1\"} 1\ncontainer_cpu_usage_seconds_total{name=\"b_2\",id=\"/x\",cpu=\"total\"} 0\n";
-        let n = super::sampled_names(t);
-        assert!(n.contains("b_2") && !n.contains("a_1"));
-    }
-}
-
 /// The kernel's part of a placement, alone: for each of `burst` sleeping processes (started
 /// first), `mkdir` its cgroup in every hierarchy and write its pid to each `cgroup.procs`, one
 /// after the other in one thread, as a minimal placer would. The kernel serialises these on
@@ -335,5 +325,15 @@ impl Drop for Sleepers {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_sampled_containers() {
+        let t = "container_start_time_seconds{name=\"a_1\"} 1\ncontainer_cpu_usage_seconds_total{name=\"b_2\",id=\"/x\",cpu=\"total\"} 0\n";
+        let n = super::sampled_names(t);
+        assert!(n.contains("b_2") && !n.contains("a_1"));
     }
 }

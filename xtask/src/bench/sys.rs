@@ -105,24 +105,6 @@ fn stat_fields(s: &str) -> Vec<&str> {
     }
 }
 
-/// The agent's sampling thread: it has a descriptor table of its own.
-const OWN_TABLE_THREAD: &str = "apptheus-sample";
-
-/// Open descriptors of a process: its table (`/proc/<pid>/fd`), plus the table of the agent's
-/// sampling thread, which holds the kept cgroup files. That table starts as a copy of the
-/// process's, so what was open at start-up is counted twice.
-pub fn open_fds(pid: u32) -> u64 {
-    let count = |dir: String| std::fs::read_dir(dir).map(|d| d.count() as u64).unwrap_or(0);
-    let mut fds = count(format!("/proc/{pid}/fd"));
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() == OWN_TABLE_THREAD {
-            fds += count(task.path().join("fd").display().to_string());
-        }
-    }
-    fds
-}
-
 /// CPU, memory, threads and descriptors of one process at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSnapshot {
@@ -149,7 +131,7 @@ pub fn snapshot(pid: u32) -> Result<ProcSnapshot> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    let fds = open_fds(pid);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
     Ok(ProcSnapshot {
         cpu_s: (utime + stime) as f64 / clk_tck() as f64,
         rss_kib: field("VmRSS:"),
