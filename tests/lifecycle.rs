@@ -62,6 +62,35 @@ fn kept_cgroup_files_are_closed_when_containers_end() {
 }
 
 #[test]
+fn throttling_that_starts_mid_life_is_seen_within_the_refresh_and_then_every_sample() {
+    if !privileged("throttling_that_starts_mid_life_is_seen_within_the_refresh_and_then_every_sample") {
+        return;
+    }
+    let mut agent = Agent::start(); // 200 ms interval: the refresh of still counters is 2 s
+    let script = "import time\nt=time.time()\nwhile time.time()-t<6: pass";
+    let mut launcher = agent.exec(&["python3", "-c", script]);
+    let id = id_of(&launcher);
+    let throttled = |agent: &Agent| agent.scrape().one("container_cpu_cfs_throttled_periods_total", &[("name", &id)]);
+    assert_eq!(wait_for(Duration::from_secs(5), "first sample", || throttled(&agent)), 0.0, "no quota yet");
+    // A quota of 10 % of a CPU, set by someone else while the container runs.
+    let quota_set = agent.container_dirs(&id).iter().any(|d| {
+        std::fs::write(d.join("cpu.cfs_quota_us"), "10000").is_ok() || std::fs::write(d.join("cpu.max"), "10000 100000").is_ok()
+    });
+    assert!(quota_set, "no cpu.cfs_quota_us or cpu.max in {:?}", agent.container_dirs(&id));
+    // Seen within the refresh (10 samples) plus a margin...
+    let first = wait_for(Duration::from_millis(3000), "throttled periods counted", || throttled(&agent).filter(|v| *v > 0.0));
+    // ...and from then on in every sample: the busy loop is throttled in each 100 ms period,
+    // and scrapes 250 ms apart straddle a sample each.
+    let mut seen = vec![first];
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(250));
+        seen.push(throttled(&agent).expect("still exported"));
+    }
+    assert!(seen.windows(2).all(|w| w[1] > w[0]), "throttled periods, 250 ms apart: {seen:?}");
+    assert!(launcher.wait().unwrap().success());
+}
+
+#[test]
 fn zero_retention_drops_series_at_once() {
     if !privileged("zero_retention_drops_series_at_once") {
         return;

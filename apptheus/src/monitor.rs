@@ -200,9 +200,11 @@ fn sample_once(agent: &Agent, c: &mut Watched) -> State {
         }
         Ok(false) => {
             // The cgroup still holds the final figures until it is removed: a job shorter than
-            // one interval is still accounted. The eBPF counters are re-read exactly (the
-            // sample's may trail by part of an interval).
-            let mut sample = sample;
+            // one interval is still accounted. The final sample reads every file afresh (limits
+            // and rare-event counters are not read in every sample), and the eBPF counters
+            // exactly (the sample's may trail by part of an interval).
+            c.files.refresh_all();
+            let mut sample = take_sample(agent, &c.id, &c.cg, &mut c.files, &c.ebpf);
             if let Some(cgid) = c.ebpf.id {
                 sample.sample.ebpf = agent.ebpf().read_continuing(cgid, &c.ebpf.base);
             }

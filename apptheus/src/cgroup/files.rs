@@ -126,7 +126,16 @@ enum Keep {
 
 /// Settings (limits) are re-read on every this many samples, and kept in between: they change
 /// only when someone writes them, and reading them every time would be ~15 % of a sample.
+/// Counters of rare events are re-read on the same cadence while they stand still.
 pub const SETTING_REFRESH_SAMPLES: u64 = 10;
+
+/// A file not read every sample: its content when last read (None: absent), in which sample,
+/// and whether it had changed then (a rare-event counter that moves is read every sample).
+struct Cached {
+    content: Option<String>,
+    sample: u64,
+    moved: bool,
+}
 
 /// A file: its directory (index into [`CgroupFiles::dirs`]) and name. The same name can be
 /// read from two hierarchies (`cpu.stat` of v1 `cpu` and of the unified hierarchy).
@@ -142,12 +151,15 @@ pub struct CgroupFiles {
     /// Where the next read of a sample is expected in `slots`: collectors read the same files
     /// in the same order every sample, so a lookup is one comparison.
     cursor: usize,
-    /// Setting files: their descriptors, and content (None: absent) with the sample it was
-    /// read in.
+    /// Files not read every sample (settings and rare-event counters): their descriptors, and
+    /// what was last read.
     setting_slots: Vec<(FileKey, Slot)>,
-    settings: Vec<(FileKey, Option<String>, u64)>,
+    settings: Vec<(FileKey, Cached)>,
     /// Samples started ([`CgroupFiles::start_sample`]).
     samples: u64,
+    /// This sample reads every file afresh ([`CgroupFiles::refresh_all`]).
+    exact: bool,
+    exact_next: bool,
     /// Read buffer, kept initialised at its full length so reads need not zero it again.
     buf: Vec<u8>,
 }
@@ -172,6 +184,8 @@ impl CgroupFiles {
             setting_slots: Vec::new(),
             settings: Vec::new(),
             samples: 0,
+            exact: false,
+            exact_next: false,
             buf: Vec::new(),
         }
     }
@@ -180,6 +194,7 @@ impl CgroupFiles {
     pub fn start_sample(&mut self) {
         self.samples += 1;
         self.cursor = 0;
+        self.exact = std::mem::take(&mut self.exact_next);
         // Pay back what the budget is owed (new containers need descriptors): settings first;
         // files read every sample only for debts no kept setting elsewhere will pay.
         while self.budget.available() < 0 {
@@ -198,29 +213,52 @@ impl CgroupFiles {
         }
     }
 
+    /// The next sample reads every file afresh, settings and rare-event counters included (a
+    /// container's final sample).
+    pub fn refresh_all(&mut self) {
+        self.exact_next = true;
+    }
+
     /// Like [`CgroupFiles::read`] for a file that changes only when someone writes it (a
     /// limit): read in the first sample and then every [`SETTING_REFRESH_SAMPLES`] samples,
     /// and the content then read returned in between.
     pub fn read_setting(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
+        self.read_cached(dir, name, false)
+    }
+
+    /// Like [`CgroupFiles::read`] for counters of events that are rare in nearly every
+    /// container, and only happen under a limit or an OOM (CFS throttling, `failcnt`, OOM
+    /// kills): read every sample while the content keeps changing, else like a setting. A
+    /// counter that starts moving shows it within [`SETTING_REFRESH_SAMPLES`] samples, and a
+    /// container's final sample reads it exactly ([`CgroupFiles::refresh_all`]).
+    pub fn read_rare_counter(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
+        self.read_cached(dir, name, true)
+    }
+
+    fn read_cached(&mut self, dir: &Path, name: &'static str, counter: bool) -> io::Result<Option<&str>> {
         let now = self.samples;
         let key = self.key(dir, name);
-        let i = match self.settings.iter().position(|(k, _, _)| *k == key) {
-            Some(i) if now.saturating_sub(self.settings[i].2) < SETTING_REFRESH_SAMPLES => i,
-            known => {
+        let known = self.settings.iter().position(|(k, _)| *k == key);
+        let fresh_enough = |c: &Cached| !c.moved && now.saturating_sub(c.sample) < SETTING_REFRESH_SAMPLES;
+        let i = match known {
+            Some(i) if !self.exact && fresh_enough(&self.settings[i].1) => i,
+            _ => {
                 let content = self.read_keeping(dir, name, Keep::Setting)?.map(str::to_owned);
+                let moved = counter && known.is_some_and(|i| self.settings[i].1.content != content);
+                let cached = Cached { content, sample: now, moved };
                 match known {
                     Some(i) => {
-                        self.settings[i] = (key, content, now);
+                        self.settings[i].1 = cached;
                         i
                     }
                     None => {
-                        self.settings.push((key, content, now));
+                        self.settings.push((key, cached));
                         self.settings.len() - 1
                     }
                 }
             }
         };
-        Ok(self.settings[i].1.as_deref())
+        Ok(self.settings[i].1.content.as_deref())
     }
 
     /// The file's current content, or `None` when it does not exist (or its cgroup is gone).
@@ -369,6 +407,54 @@ mod tests {
             assert_eq!(fresh.read(dir.path(), "c").unwrap().map(str::len), Some(size));
             assert_eq!(fresh.read(dir.path(), "c").unwrap(), Some(content.as_str()), "re-read of {size} bytes");
         }
+    }
+
+    #[test]
+    fn a_rare_counter_is_read_every_sample_only_while_it_moves() {
+        static BUDGET: DescriptorBudget = DescriptorBudget::new(10);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.failcnt");
+        let set = |v: &str| std::fs::write(&path, v).unwrap();
+        set("0\n");
+        let mut files = CgroupFiles::with_budget(&BUDGET);
+        let mut read = |files: &mut CgroupFiles| {
+            files.start_sample();
+            files.read_rare_counter(dir.path(), "memory.failcnt").unwrap().map(str::to_owned)
+        };
+        assert_eq!(read(&mut files).as_deref(), Some("0\n"), "first sample: read");
+        // Standing still: not re-read until the settings' refresh.
+        set("1\n");
+        let seen: Vec<_> = (1..SETTING_REFRESH_SAMPLES).map(|_| read(&mut files)).collect();
+        assert!(seen.iter().all(|s| s.as_deref() == Some("0\n")), "{seen:?}");
+        assert_eq!(read(&mut files).as_deref(), Some("1\n"), "refresh after {SETTING_REFRESH_SAMPLES} samples");
+        // It moved: now read every sample, as long as it keeps moving.
+        set("2\n");
+        assert_eq!(read(&mut files).as_deref(), Some("2\n"));
+        set("3\n");
+        assert_eq!(read(&mut files).as_deref(), Some("3\n"));
+        // Still again (read once more to see that), then back to the settings' cadence.
+        assert_eq!(read(&mut files).as_deref(), Some("3\n"));
+        set("4\n");
+        assert_eq!(read(&mut files).as_deref(), Some("3\n"), "still: not read every sample");
+        // A final sample reads it afresh (and it moved, so the next one reads it too).
+        files.refresh_all();
+        assert_eq!(read(&mut files).as_deref(), Some("4\n"), "refresh_all");
+        set("5\n");
+        assert_eq!(read(&mut files).as_deref(), Some("5\n"), "moved at the last read");
+        // refresh_all re-reads settings too, for one sample.
+        let limit = dir.path().join("pids.max");
+        let mut read_limit = |files: &mut CgroupFiles| {
+            files.start_sample();
+            files.read_setting(dir.path(), "pids.max").unwrap().map(str::to_owned)
+        };
+        std::fs::write(&limit, "10\n").unwrap();
+        assert_eq!(read_limit(&mut files).as_deref(), Some("10\n"));
+        std::fs::write(&limit, "20\n").unwrap();
+        assert_eq!(read_limit(&mut files).as_deref(), Some("10\n"));
+        files.refresh_all();
+        assert_eq!(read_limit(&mut files).as_deref(), Some("20\n"), "refresh_all");
+        std::fs::write(&limit, "30\n").unwrap();
+        assert_eq!(read_limit(&mut files).as_deref(), Some("20\n"), "refresh_all is for one sample");
     }
 
     #[test]

@@ -94,6 +94,27 @@ fn read_setting<T>(
     parsed(dir, file, files.read_setting(dir, file), parse)
 }
 
+/// Read and parse a counter of rare events, which is re-read every sample only while it moves
+/// ([`CgroupFiles::read_rare_counter`]); `None` when absent.
+fn read_rare<T>(
+    files: &mut CgroupFiles,
+    dir: &Path,
+    file: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, CollectError> {
+    parsed(dir, file, files.read_rare_counter(dir, file), parse)
+}
+
+/// [`flat`] for a file of rare-event counters ([`read_rare`]).
+fn flat_rare<const N: usize>(
+    files: &mut CgroupFiles,
+    dir: &Path,
+    file: &'static str,
+    keys: &[&str; N],
+) -> Result<[Option<u64>; N], CollectError> {
+    Ok(read_rare(files, dir, file, |t| kernfs::flat_keyed_get(t, keys))?.unwrap_or([None; N]))
+}
+
 fn parsed<T>(
     dir: &Path,
     file: &str,
@@ -143,8 +164,10 @@ impl Collector for CpuV1 {
                 out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
             }
         }
+        // v1 cpu.stat counts only under a CFS quota.
         if let Some(dir) = cg.v1_dir("cpu") {
-            let [periods, throttled, throttled_ns] = flat(files, dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
+            let [periods, throttled, throttled_ns] =
+                flat_rare(files, dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
             out.cpu.periods = periods;
             out.cpu.throttled_periods = throttled;
             out.cpu.throttled_ns = throttled_ns;
@@ -195,7 +218,7 @@ impl Collector for MemoryV1 {
         m.cache_bytes = cache;
         m.swap_bytes = swap;
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
-        m.failcnt = read_with(files, dir, "memory.failcnt", kernfs::parse_u64)?;
+        m.failcnt = read_rare(files, dir, "memory.failcnt", kernfs::parse_u64)?;
         m.limit = read_setting(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
         let memsw_limit = read_setting(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
         m.swap_limit = match (memsw_limit, m.limit) {
@@ -203,7 +226,7 @@ impl Collector for MemoryV1 {
             (Some(_), _) => Some(Limit::Unlimited),
             (None, _) => None,
         };
-        let [oom_kill] = flat(files, dir, "memory.oom_control", &["oom_kill"])?;
+        let [oom_kill] = flat_rare(files, dir, "memory.oom_control", &["oom_kill"])?;
         m.oom_kills = oom_kill;
         Ok(())
     }
@@ -227,7 +250,7 @@ impl Collector for MemoryV2 {
         m.limit = read_setting(files, dir, "memory.max", kernfs::parse_limit)?;
         m.swap_limit = read_setting(files, dir, "memory.swap.max", kernfs::parse_limit)?;
         // v2 has no failcnt; runc and cAdvisor report memory.events "max" (times the limit was hit).
-        let [max_hits, oom_kill] = flat(files, dir, "memory.events", &["max", "oom_kill"])?;
+        let [max_hits, oom_kill] = flat_rare(files, dir, "memory.events", &["max", "oom_kill"])?;
         m.failcnt = max_hits;
         m.oom_kills = oom_kill;
         Ok(())
