@@ -417,7 +417,7 @@ mod tests {
         let set = |v: &str| std::fs::write(&path, v).unwrap();
         set("0\n");
         let mut files = CgroupFiles::with_budget(&BUDGET);
-        let mut read = |files: &mut CgroupFiles| {
+        let read = |files: &mut CgroupFiles| {
             files.start_sample();
             files.read_rare_counter(dir.path(), "memory.failcnt").unwrap().map(str::to_owned)
         };
@@ -443,7 +443,7 @@ mod tests {
         assert_eq!(read(&mut files).as_deref(), Some("5\n"), "moved at the last read");
         // refresh_all re-reads settings too, for one sample.
         let limit = dir.path().join("pids.max");
-        let mut read_limit = |files: &mut CgroupFiles| {
+        let read_limit = |files: &mut CgroupFiles| {
             files.start_sample();
             files.read_setting(dir.path(), "pids.max").unwrap().map(str::to_owned)
         };
