@@ -96,7 +96,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         monitor,
         shutdown: CancellationToken::new(),
     });
-    let sampler = monitor::start(agent.clone(), sampler_queue, tokio::runtime::Handle::current())?;
+    let sampler = match monitor::start(agent.clone(), sampler_queue, tokio::runtime::Handle::current()) {
+        Ok(sampler) => sampler,
+        Err(err) => {
+            // Nothing was placed yet; adopted containers stay for the next start.
+            remove_parents(&agent.layout);
+            return Err(err);
+        }
+    };
     for (id, cg) in recovered.adopted {
         let ebpf_id = monitor::ebpf_watch(&agent, &id, &cg);
         agent.monitor.watch(id, cg, ebpf_id);
@@ -140,11 +147,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(path) = &persistence_file {
         write_store(&agent, path).await;
     }
-    // The parent goes too if no container is left in it (a live one keeps it: EBUSY).
-    for h in &agent.layout.hierarchies {
+    remove_parents(&agent.layout);
+    Ok(())
+}
+
+/// Remove `--cgroup.parent` in every hierarchy if no container is left in it (a live one keeps
+/// it: EBUSY).
+fn remove_parents(layout: &Layout) {
+    for h in &layout.hierarchies {
         let _ = std::fs::remove_dir(&h.parent_dir);
     }
-    Ok(())
 }
 
 /// Write the persistence file every `interval` until shutdown.

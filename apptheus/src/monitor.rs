@@ -4,8 +4,8 @@
 //!
 //! One thread rather than a task per container: a slot's containers are sampled in one wake-up
 //! without a runtime poll, timer or task switch each, and the thread's kept cgroup files are
-//! read one after the other (bench/RESULTS.md, "Sampling cost"). The Go original shared one
-//! ticker too, but sampled one container per tick.
+//! read one after the other (bench/RESULTS.md, "Sampling cost"). The shipped Go original shares
+//! one ticker too, but samples only about two jobs a second.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
