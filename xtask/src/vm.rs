@@ -13,12 +13,13 @@ use anyhow::{bail, Context, Result};
 
 mod cpio;
 mod initramfs;
+mod lockup;
 mod packages;
 mod qemu;
 mod report;
 
 use packages::Unavailable;
-use qemu::Accel;
+use qemu::{Accel, TcgThread};
 use report::{Console, Failure, Tally};
 
 /// Exit status for "prerequisites unavailable here" (the automake convention for a skipped test).
@@ -40,12 +41,20 @@ pub struct VmArgs {
     /// qemu accelerator; auto picks KVM only when the CPU advertises vmx/svm.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
+    /// TCG only: run the vCPUs on one host thread (`single`), or one thread each (`multi`, where
+    /// qemu 7.2 can execute stale kernel code after text patching: tests/vm/README.md, "Lockups").
+    #[arg(long, value_enum, default_value_t = TcgThread::Single)]
+    tcg_thread: TcgThread,
     /// Stream the guest console (kernel and init messages) and the agent's log.
     #[arg(long, short)]
     verbose: bool,
     /// Keep the work directory (initramfs, console log) even on success.
     #[arg(long)]
     keep: bool,
+    /// Test the harness itself: stall the guest kernel on purpose (tests/vm/rt-hog.c) and check
+    /// that the lockup is recognised, explained with backtraces, and ends the run early.
+    #[arg(long, conflicts_with_all = ["binary", "command"])]
+    lockup_selftest: bool,
     /// Run this command in the guest instead of the test script, e.g.
     /// `cargo xtask vm-test -- cat /sys/fs/cgroup/cgroup.controllers`.
     #[arg(last = true, value_name = "CMD")]
@@ -80,7 +89,7 @@ fn vm_test(args: VmArgs) -> Result<()> {
     let qemu_bin = packages::ensure_qemu()?;
     let kernel = packages::kernel(&cache)?;
     let busybox = packages::busybox(&cache)?;
-    let agent = match (&args.binary, args.command.is_empty()) {
+    let agent = match (&args.binary, args.command.is_empty() && !args.lockup_selftest) {
         (Some(path), _) => Some(
             fs::canonicalize(path).with_context(|| format!("agent binary {}", path.display()))?,
         ),
@@ -99,8 +108,17 @@ fn vm_test(args: VmArgs) -> Result<()> {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0)
     );
-    let is_test = args.command.is_empty();
-    let command = if is_test {
+    let is_test = args.command.is_empty() && !args.lockup_selftest;
+    let hog = work.join("rt-hog");
+    let binaries: &[(&Path, &str)] = if args.lockup_selftest {
+        compile_static(&workspace.join("tests/vm/rt-hog.c"), &hog)?;
+        &[(&hog, "/usr/local/bin/rt-hog")]
+    } else {
+        &[]
+    };
+    let command = if args.lockup_selftest {
+        "exec /usr/local/bin/rt-hog".to_string()
+    } else if is_test {
         format!("exec sh {}/guest-test.sh", initramfs::GUEST_TESTS)
     } else {
         format!(
@@ -117,6 +135,7 @@ fn vm_test(args: VmArgs) -> Result<()> {
         &initramfs::Spec {
             busybox: &busybox,
             agent: agent.as_deref(),
+            binaries,
             tests_dir: &workspace.join("tests/vm"),
             brd_module: kernel.brd_module.as_deref(),
             command,
@@ -127,18 +146,24 @@ fn vm_test(args: VmArgs) -> Result<()> {
         &initrd,
     )?;
 
+    let guest = format!("{} {}", kernel.package, kernel.package_version);
     let machine = qemu::Machine {
         qemu: &qemu_bin,
         kernel: &kernel.vmlinuz,
         initrd: &initrd,
         accel: args.accel.resolve(),
+        tcg_thread: args.tcg_thread,
         memory_mib: GUEST_MEMORY_MIB,
         cpus: GUEST_CPUS,
     };
     eprintln!(
-        "vm-test: kernel {}, accel {:?}, {} MiB, {} CPUs, initramfs {} KiB, agent {}",
+        "vm-test: guest kernel {guest} ({}), {}, accel {}, {} MiB, {} CPUs, initramfs {} KiB, agent {}",
         kernel.version,
-        machine.accel,
+        packages::qemu_version(&qemu_bin),
+        match machine.accel {
+            Accel::Kvm => "kvm".to_string(),
+            _ => format!("tcg (thread={:?})", machine.tcg_thread).to_lowercase(),
+        },
         machine.memory_mib,
         machine.cpus,
         fs::metadata(&initrd).map(|m| m.len() / 1024).unwrap_or(0),
@@ -153,10 +178,12 @@ fn vm_test(args: VmArgs) -> Result<()> {
     }
 
     let console_log = work.join("console.log");
+    let alarm = Arc::new(lockup::Alarm::default());
     let console = Arc::new(Mutex::new(Console::new(
         &token,
         &console_log,
         args.verbose,
+        alarm.clone(),
     )?));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let ports = qemu::Ports {
@@ -165,12 +192,27 @@ fn vm_test(args: VmArgs) -> Result<()> {
         stderr: report::stderr_sink(),
     };
     let launched = Instant::now();
-    let outcome = qemu::run(&machine, ports, Duration::from_secs(args.timeout))?;
+    let outcome = qemu::run(&machine, ports, &alarm, Duration::from_secs(args.timeout))?;
 
     let console = console.lock().unwrap_or_else(PoisonError::into_inner);
     let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-    let failure = report::judge(&outcome, &console, &tally, is_test, args.timeout);
-    if let Some(Failure { vm: true, .. }) = &failure {
+    let failure = if args.lockup_selftest {
+        lockup_selftest_failure(&outcome, &console_log)
+    } else {
+        report::judge(&outcome, &console, &tally, is_test, args.timeout)
+    };
+    if let Some((_, _, evidence)) = &outcome.lockup {
+        if !args.verbose {
+            eprint!("{}", lockup_console(&console_log));
+        }
+        let symbols = kernel_symbols(&machine, &kernel, &busybox, &work)
+            .map_err(|e| eprintln!("vm-test: kernel addresses stay unnamed: {e:#}"))
+            .ok();
+        eprint!(
+            "vm-test: qemu's view of each vCPU at the lockup:\n{}",
+            lockup::render(evidence, symbols.as_ref(), console.stext)
+        );
+    } else if let Some(Failure { vm: true, .. }) = &failure {
         if !args.verbose {
             eprint!(
                 "vm-test: last console lines ({}):\n{}",
@@ -197,11 +239,138 @@ fn vm_test(args: VmArgs) -> Result<()> {
     }
     if is_test {
         println!("vm-test: {} passed, {} failed", tally.passed, tally.failed);
+    } else if args.lockup_selftest {
+        println!("vm-test: lockup self-test {}", if failure.is_some() { "failed" } else { "passed" });
     }
     match failure {
-        Some(f) => bail!(f.reason),
+        // Every failure names the guest kernel: a new Debian kernel is a new suspect.
+        Some(f) => bail!("{} (guest kernel {guest})", f.reason),
         None => Ok(()),
     }
+}
+
+/// Why the lockup self-test failed, if it did: the stall must be seen, qemu must show every vCPU,
+/// the guest must print backtraces, and the run must end at the end of the grace.
+fn lockup_selftest_failure(outcome: &qemu::Outcome, console_log: &Path) -> Option<Failure> {
+    let fail = |reason: String| Some(Failure { reason, vm: false });
+    let Some((at, line, evidence)) = &outcome.lockup else {
+        return fail("the stall the guest was driven into was not recognised".to_string());
+    };
+    eprintln!("vm-test: lockup self-test: recognised {:.1}s after qemu started: {line}", at.as_secs_f64());
+    if evidence.vcpus.len() != GUEST_CPUS as usize || evidence.vcpus.iter().any(|v| v.samples.is_empty()) {
+        return fail(format!("qemu's view misses a vCPU: {evidence:?}"));
+    }
+    let console = fs::read_to_string(console_log).unwrap_or_default();
+    let backtraces = console.matches("NMI backtrace for cpu").count();
+    if backtraces < GUEST_CPUS as usize {
+        return fail(format!(
+            "the guest printed {backtraces} NMI backtraces (sysrq l), not one per CPU"
+        ));
+    }
+    let overrun = outcome.elapsed.saturating_sub(*at + lockup::GRACE);
+    if overrun > Duration::from_secs(15) {
+        return fail(format!(
+            "the run went on {:.0}s past the grace after the lockup",
+            overrun.as_secs_f64()
+        ));
+    }
+    None
+}
+
+/// Builds a C helper for the guest, statically linked (the guest has no libc).
+fn compile_static(source: &Path, out: &Path) -> Result<()> {
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(source)
+        .status()
+        .with_context(|| format!("running {} for {}", cc.to_string_lossy(), source.display()))?;
+    if !status.success() {
+        bail!("{} -static {} failed ({status})", cc.to_string_lossy(), source.display());
+    }
+    Ok(())
+}
+
+/// The console from a little before the first lockup line on (the guest's own backtraces), at
+/// most a few hundred lines; the whole log stays in the work directory.
+fn lockup_console(console_log: &Path) -> String {
+    const BEFORE: usize = 5;
+    const MAX: usize = 600;
+    let text = fs::read_to_string(console_log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.iter().position(|l| lockup::is_alarm(l)).unwrap_or(0);
+    let shown = &lines[first.saturating_sub(BEFORE)..];
+    let mut out = format!(
+        "vm-test: guest console from the lockup on ({}):\n",
+        console_log.display()
+    );
+    for l in shown.iter().take(MAX) {
+        out.push_str("console| ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    if shown.len() > MAX {
+        out.push_str(&format!("console| ... {} more lines in the log\n", shown.len() - MAX));
+    }
+    out
+}
+
+/// The guest kernel's text symbols: Debian's `System.map` is a stub, so a VM of the same kernel
+/// prints its `/proc/kallsyms` once; the list is cached beside the unpacked kernel.
+fn kernel_symbols(
+    machine: &qemu::Machine,
+    kernel: &packages::Kernel,
+    busybox: &Path,
+    work: &Path,
+) -> Result<lockup::Symbols> {
+    let cached = kernel.root.join("kallsyms.text");
+    if let Ok(text) = fs::read_to_string(&cached) {
+        return lockup::Symbols::from_kallsyms(&text);
+    }
+    eprintln!("vm-test: booting the guest kernel once more to read its symbols");
+    let dir = work.join("symbols");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let initrd = dir.join("initramfs.cpio");
+    initramfs::build(
+        &initramfs::Spec {
+            busybox,
+            agent: None,
+            binaries: &[],
+            tests_dir: &workspace_root().join("tests/vm"),
+            brd_module: None,
+            command: "exec grep -E '^[0-9a-f]+ [tT] ' /proc/kallsyms".to_string(),
+            token: format!("symbols{}", std::process::id()),
+            ramdisk_mib: 0,
+            verbose: false,
+        },
+        &initrd,
+    )?;
+    let lines = Arc::new(Mutex::new(String::new()));
+    let collected = lines.clone();
+    let ports = qemu::Ports {
+        console: Box::new(|_| {}),
+        stdout: Box::new(move |l| {
+            let mut text = collected.lock().unwrap_or_else(PoisonError::into_inner);
+            text.push_str(l);
+            text.push('\n');
+        }),
+        stderr: report::stderr_sink(),
+    };
+    let symbols_machine = qemu::Machine {
+        initrd: &initrd,
+        ..*machine
+    };
+    qemu::run(
+        &symbols_machine,
+        ports,
+        &lockup::Alarm::default(),
+        Duration::from_secs(120),
+    )?;
+    let text = std::mem::take(&mut *lines.lock().unwrap_or_else(PoisonError::into_inner));
+    let symbols = lockup::Symbols::from_kallsyms(&text)?;
+    fs::write(&cached, &text).with_context(|| format!("writing {}", cached.display()))?;
+    Ok(symbols)
 }
 
 fn workspace_root() -> PathBuf {

@@ -37,6 +37,10 @@ hostname vm
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 stty -F /dev/ttyS2 raw -echo 2>/dev/null
 cd /root
+# A lockup must speak: warnings and backtraces reach the console from here on (the boot stays
+# quiet), and the host learns where the kernel text is, to name addresses whatever the KASLR slide.
+echo 7 > /proc/sys/kernel/printk
+echo "init: kernel _stext=$(grep -m 1 ' _stext$' /proc/kallsyms | cut -d' ' -f1)" > /dev/console
 
 echo "VM-TEST-START-$TOKEN uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
 mkfifo /run/vm-out /run/vm-err

@@ -18,6 +18,8 @@ const INIT: &str = include_str!("init.sh");
 pub struct Spec<'a> {
     pub busybox: &'a Path,
     pub agent: Option<&'a Path>,
+    /// More binaries: (host path, guest path).
+    pub binaries: &'a [(&'a Path, &'a str)],
     pub tests_dir: &'a Path,
     pub brd_module: Option<&'a Path>,
     /// Shell command line the init runs (stdout/stderr relayed to the host).
@@ -63,6 +65,9 @@ pub fn build(spec: &Spec, out: &Path) -> Result<()> {
     add_busybox(&mut a, spec.busybox)?;
     if let Some(agent) = spec.agent {
         add_elf(&mut a, agent, GUEST_AGENT)?;
+    }
+    for (host, guest) in spec.binaries {
+        add_elf(&mut a, host, guest)?;
     }
     add_tests(&mut a, spec.tests_dir)?;
     if let Some(brd) = spec.brd_module {

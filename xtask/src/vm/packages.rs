@@ -28,7 +28,14 @@ impl fmt::Display for Unavailable {
 impl std::error::Error for Unavailable {}
 
 pub struct Kernel {
+    /// The kernel release, as `uname -r` says it (`6.1.0-57-cloud-amd64`).
     pub version: String,
+    /// The Debian package it came from and that package's version (`6.1.192-3`): what names the
+    /// guest kernel in every report, since the release string stays the same across rebuilds.
+    pub package: String,
+    pub package_version: String,
+    /// Where the package is unpacked (the cache of anything derived from this kernel).
+    pub root: PathBuf,
     pub vmlinuz: PathBuf,
     /// `brd.ko` as shipped (possibly `.ko.xz` / `.ko.zst`); `None` if the package lacks it.
     pub brd_module: Option<PathBuf>,
@@ -68,6 +75,20 @@ pub fn ensure_qemu() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("{QEMU_PACKAGE} was installed but {QEMU_BINARY} is not on PATH"))
 }
 
+/// `QEMU emulator version 7.2.22 (...)` as `qemu 7.2.22`, for the reports.
+pub fn qemu_version(qemu: &Path) -> String {
+    Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let version = text.split_whitespace().skip_while(|w| *w != "version").nth(1)?;
+            Some(format!("qemu {version}"))
+        })
+        .unwrap_or_else(|| "qemu (version unknown)".to_string())
+}
+
 /// The current Debian cloud kernel, unpacked in the cache.
 pub fn kernel(cache: &Path) -> Result<Kernel> {
     let root = unpacked(
@@ -86,11 +107,25 @@ pub fn kernel(cache: &Path) -> Result<Kernel> {
         .iter()
         .map(|n| drivers.join(n))
         .find(|p| p.is_file());
+    let (package, package_version) = package_of(&root);
     Ok(Kernel {
         version,
+        package,
+        package_version,
+        root,
         vmlinuz,
         brd_module,
     })
+}
+
+/// The package name and version of an unpacked directory (`<package>_<version>`, see
+/// [`unpacked`]).
+fn package_of(dir: &Path) -> (String, String) {
+    let name = file_name(dir);
+    match name.split_once('_') {
+        Some((package, version)) => (package.to_string(), version.replace("%3a", ":")),
+        None => (name, "unknown".to_string()),
+    }
 }
 
 /// The statically linked busybox binary, unpacked in the cache.

@@ -1,8 +1,10 @@
 //! Running qemu: accelerator choice, the kernel command line, the three serial ports relayed line by
-//! line to the host, and the wall-clock limit.
+//! line to the host, the wall-clock limit, and the early end of a run whose guest kernel locked up
+//! (after gathering the evidence, see [`super::lockup`]).
 //!
-//! Each serial port is a qemu socket chardev that connects to a listening abstract unix socket of
-//! ours (bound before qemu starts, so no output is lost and nothing touches the filesystem).
+//! Each serial port, and qemu's QMP monitor, is a qemu socket chardev that connects to a listening
+//! abstract unix socket of ours (bound before qemu starts, so no output is lost and nothing touches
+//! the filesystem).
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::linux::net::SocketAddrExt;
@@ -13,6 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use super::lockup::{self, Alarm, Evidence, Probe, Qmp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
@@ -48,15 +52,30 @@ impl Accel {
         }
     }
 
-    fn args(self) -> &'static [&'static str] {
-        match self {
-            Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg | Accel::Auto => &["-accel", "tcg", "-cpu", "max"],
+    fn args(self, tcg_thread: TcgThread) -> Vec<&'static str> {
+        match (self, tcg_thread) {
+            (Accel::Kvm, _) => vec!["-accel", "kvm", "-cpu", "host"],
+            (Accel::Tcg | Accel::Auto, TcgThread::Single) => vec!["-accel", "tcg,thread=single", "-cpu", "max"],
+            (Accel::Tcg | Accel::Auto, TcgThread::Multi) => vec!["-accel", "tcg,thread=multi", "-cpu", "max"],
         }
     }
 }
 
-/// Pure cgroup v2 (no v1 controller can be bound anywhere), PSI on, quiet console, no reboot loop.
+/// How qemu's TCG runs the vCPUs.
+///
+/// `single` (the default) runs them round-robin on one host thread. With `multi` (one host thread
+/// per vCPU, qemu's default), qemu 7.2 can go on executing a stale translation of kernel code
+/// that another vCPU has just patched: the guest kernel's static-key patching (every tracepoint
+/// attach or detach) then leaves a vCPU looping on an `int3` that memory no longer holds, a
+/// soft lockup of every CPU that passes there (tests/vm/README.md, "Lockups").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcgThread {
+    Single,
+    Multi,
+}
+
+/// Pure cgroup v2 (no v1 controller can be bound anywhere), PSI on, a quiet boot (the init raises
+/// the console log level before the command, so that backtraces reach the console), no reboot loop.
 const KERNEL_ARGS: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0 quiet loglevel=4 panic=-1 oops=panic \
      cgroup_no_v1=all psi=1 rdinit=/init random.trust_cpu=on tsc=reliable no_timer_check \
@@ -67,6 +86,7 @@ pub struct Machine<'a> {
     pub kernel: &'a Path,
     pub initrd: &'a Path,
     pub accel: Accel,
+    pub tcg_thread: TcgThread,
     pub memory_mib: u32,
     pub cpus: u32,
 }
@@ -81,25 +101,33 @@ pub struct Ports {
 }
 
 pub struct Outcome {
-    /// `None` when qemu was killed at the deadline.
+    /// `None` when qemu was killed at the deadline or after a lockup.
     pub status: Option<ExitStatus>,
+    /// The guest kernel's first lockup line, when it came (since qemu started), and what was
+    /// gathered then; the run was ended [`lockup::GRACE`] after it.
+    pub lockup: Option<(Duration, String, Evidence)>,
     pub elapsed: Duration,
     /// What qemu itself printed (errors such as a missing accelerator).
     pub qemu_stderr: String,
 }
 
-pub fn run(machine: &Machine, ports: Ports, timeout: Duration) -> Result<Outcome> {
+/// Runs the VM until it powers off, the deadline passes, or [`lockup::GRACE`] after `alarm` is
+/// raised (by the console sink).
+pub fn run(machine: &Machine, ports: Ports, alarm: &Alarm, timeout: Duration) -> Result<Outcome> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let tag = format!("apptheus-vm-{}", std::process::id());
-    let names = ["console", "out", "err"].map(|p| format!("{tag}-{p}"));
+    // Unique per run, also when several runs share a process (and so a pid).
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("apptheus-vm-{}-{run}", std::process::id());
+    let names = ["console", "out", "err", "qmp"].map(|p| format!("{tag}-{p}"));
     let listeners = names
         .iter()
         .map(|n| listen(n))
         .collect::<Result<Vec<_>>>()?;
 
     let mut cmd = Command::new(machine.qemu);
-    cmd.args(machine.accel.args())
+    cmd.args(machine.accel.args(machine.tcg_thread))
         .args([
             "-machine",
             "pc",
@@ -117,13 +145,19 @@ pub fn run(machine: &Machine, ports: Ports, timeout: Duration) -> Result<Outcome
         .arg(machine.kernel)
         .arg("-initrd")
         .arg(machine.initrd)
-        .args(["-append", KERNEL_ARGS]);
-    for (i, name) in names.iter().enumerate() {
+        .arg("-append")
+        .arg(format!("{KERNEL_ARGS} {}", lockup::KERNEL_ARGS));
+    for (i, name) in names[..3].iter().enumerate() {
+        // The console (s0) is muxed so that `Ctrl-A b` sent to it is a serial break (sysrq).
+        let mux = if i == 0 { ",mux=on" } else { "" };
         cmd.arg("-chardev")
-            .arg(format!("socket,id=s{i},path={name},abstract=on,server=off"))
+            .arg(format!("socket,id=s{i},path={name},abstract=on,server=off{mux}"))
             .arg("-serial")
             .arg(format!("chardev:s{i}"));
     }
+    cmd.arg("-chardev")
+        .arg(format!("socket,id=qmp,path={},abstract=on,server=off", names[3]))
+        .args(["-mon", "chardev=qmp,mode=control"]);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -138,21 +172,26 @@ pub fn run(machine: &Machine, ports: Ports, timeout: Duration) -> Result<Outcome
         })
     });
 
-    let result = relay(&mut child, listeners, ports, deadline);
-    let timed_out = matches!(result, Ok((_, true)));
-    if timed_out || result.is_err() {
+    let result = relay(&mut child, listeners, ports, alarm, deadline);
+    let killed = match &result {
+        Ok(r) => r.timed_out || r.lockup.is_some(),
+        Err(_) => true,
+    };
+    if killed {
         let _ = child.kill();
     }
     let status = child.wait().context("waiting for qemu")?;
     let qemu_stderr = qemu_stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    let (relays, _) =
-        result.map_err(|e| e.context(format!("qemu said: {}", qemu_stderr.trim())))?;
+    let relayed = result.map_err(|e| e.context(format!("qemu said: {}", qemu_stderr.trim())))?;
     // qemu is gone, so the sockets are closed and the relays finish with the last line.
-    for r in relays {
+    for r in relayed.threads {
         let _ = r.join();
     }
     Ok(Outcome {
-        status: (!timed_out).then_some(status),
+        status: (!killed).then_some(status),
+        lockup: relayed
+            .lockup
+            .map(|(at, line, evidence)| (at.duration_since(start), line, evidence)),
         elapsed: start.elapsed(),
         qemu_stderr,
     })
@@ -168,14 +207,27 @@ fn listen(name: &str) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Accepts qemu's three serial connections, relays them on threads and waits for qemu to exit.
-/// Returns the relay threads and whether the deadline passed.
+struct Relayed {
+    threads: Vec<JoinHandle<()>>,
+    timed_out: bool,
+    /// When the alarm was raised, its line, and the evidence gathered then.
+    lockup: Option<(Instant, String, Evidence)>,
+}
+
+/// Accepts qemu's three serial connections and its QMP connection, relays the serial ports on
+/// threads and waits for qemu to exit, the deadline, or the end of the grace after a lockup alarm.
 fn relay(
     child: &mut Child,
     listeners: Vec<UnixListener>,
     ports: Ports,
-    deadline: Instant,
-) -> Result<(Vec<JoinHandle<()>>, bool)> {
+    alarm: &Alarm,
+    mut deadline: Instant,
+) -> Result<Relayed> {
+    let not_started = |timed_out| Relayed {
+        threads: Vec::new(),
+        timed_out,
+        lockup: None,
+    };
     let mut streams: Vec<UnixStream> = Vec::new();
     for l in &listeners {
         loop {
@@ -191,7 +243,7 @@ fn relay(
                         bail!("qemu exited ({status}) before connecting its serial ports");
                     }
                     if Instant::now() >= deadline {
-                        return Ok((Vec::new(), true));
+                        return Ok(not_started(true));
                     }
                     thread::sleep(Duration::from_millis(10));
                 }
@@ -199,18 +251,41 @@ fn relay(
             }
         }
     }
+    let qmp = streams.pop().context("no QMP connection")?;
+    let mut probe = Probe {
+        qmp: Qmp::new(qmp)
+            .map_err(|e| eprintln!("vm-test: QMP unavailable: {e:#}"))
+            .ok(),
+        console: streams[0].try_clone().ok(),
+        qemu_pid: child.id(),
+    };
     let sinks = [ports.console, ports.stdout, ports.stderr];
-    let relays = streams
+    let threads = streams
         .into_iter()
         .zip(sinks)
         .map(|(s, mut sink)| thread::spawn(move || for_each_line(s, &mut sink)))
         .collect();
+    let mut relayed = Relayed {
+        threads,
+        timed_out: false,
+        lockup: None,
+    };
     loop {
         if child.try_wait().context("polling qemu")?.is_some() {
-            return Ok((relays, false));
+            return Ok(relayed);
+        }
+        if relayed.lockup.is_none() {
+            if let Some((at, line)) = alarm.raised() {
+                eprintln!("vm-test: the guest kernel reports a lockup: {line}");
+                eprintln!("vm-test: gathering backtraces; the run ends in {}s", lockup::GRACE.as_secs());
+                let evidence = probe.gather();
+                deadline = deadline.min(at + lockup::GRACE);
+                relayed.lockup = Some((at, line, evidence));
+            }
         }
         if Instant::now() >= deadline {
-            return Ok((relays, true));
+            relayed.timed_out = relayed.lockup.is_none();
+            return Ok(relayed);
         }
         thread::sleep(Duration::from_millis(50));
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::lockup::{self, Alarm};
 use super::qemu::{Outcome, Sink};
 
 const TAIL_LINES: usize = 60;
@@ -20,6 +21,9 @@ pub struct Console {
     log: File,
     verbose: bool,
     tail: VecDeque<String>,
+    alarm: Arc<Alarm>,
+    /// Where this boot's kernel text starts (`_stext`, printed by the init).
+    pub stext: Option<u64>,
     /// Host time and guest uptime (s) when the init started the command.
     pub started: Option<(Instant, f64)>,
     /// The command's exit status and the guest uptime (s) when it ended.
@@ -27,13 +31,15 @@ pub struct Console {
 }
 
 impl Console {
-    pub fn new(token: &str, log: &Path, verbose: bool) -> Result<Self> {
+    pub fn new(token: &str, log: &Path, verbose: bool, alarm: Arc<Alarm>) -> Result<Self> {
         Ok(Console {
             start_marker: format!("VM-TEST-START-{token} "),
             exit_marker: format!("VM-TEST-EXIT-{token}="),
             log: File::create(log).with_context(|| format!("creating {}", log.display()))?,
             verbose,
             tail: VecDeque::new(),
+            alarm,
+            stext: None,
             started: None,
             exited: None,
         })
@@ -48,7 +54,12 @@ impl Console {
             self.tail.pop_front();
         }
         self.tail.push_back(line.to_string());
-        if let Some(rest) = after(line, &self.start_marker) {
+        if lockup::is_alarm(line) {
+            self.alarm.raise(line);
+        }
+        if let Some(rest) = after(line, "init: kernel _stext=") {
+            self.stext = u64::from_str_radix(rest.trim(), 16).ok();
+        } else if let Some(rest) = after(line, &self.start_marker) {
             self.started = Some((Instant::now(), uptime(rest)));
         } else if let Some(rest) = after(line, &self.exit_marker) {
             let code = rest
@@ -134,6 +145,15 @@ pub fn judge(
     timeout: u64,
 ) -> Option<Failure> {
     let vm = |reason: String| Some(Failure { reason, vm: true });
+    if let Some((at, line, _)) = &outcome.lockup {
+        let line = line.split("] ").nth(1).unwrap_or(line);
+        return vm(format!(
+            "the guest kernel locked up {:.0}s after qemu started (\"{line}\"); the run was ended {}s later, \
+             after the backtraces above",
+            at.as_secs_f64(),
+            lockup::GRACE.as_secs()
+        ));
+    }
     let test = |reason: String| Some(Failure { reason, vm: false });
     let qemu_said = match outcome.qemu_stderr.trim() {
         "" => String::new(),
