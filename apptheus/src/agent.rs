@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::cgroup::{self, Collector, Layout};
+use crate::cgroup::{self, Collector, Layout, Placement};
+use crate::cgroup_labels::CgroupLabels;
 use crate::cli::{split_trust_paths, AgentArgs};
 use crate::duration::format_duration;
 use crate::ebpf::{Ebpf, EbpfOptions};
@@ -30,6 +31,10 @@ pub struct Agent {
     pub retention: Duration,
     /// Launcher environment variables exported as labels.
     pub env_labels: Vec<String>,
+    /// Labels from the launcher's cgroup path (Slurm built in, `--metrics.cgroup-labels`).
+    pub cgroup_labels: CgroupLabels,
+    /// `--placement`: where container cgroups go.
+    pub placement: Placement,
     /// The eBPF programs and maps (possibly not loaded: `up()` says).
     pub ebpf: Mutex<Ebpf>,
     /// The sampling thread's queue of new containers.
@@ -53,6 +58,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // the rest; each container takes what it needs for itself from the same budget.
     cgroup::set_open_file_budget(fds.saturating_sub(4096));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
+    let cgroup_labels = CgroupLabels::new(&args.metrics_cgroup_labels)?;
     let layout = Layout::detect(&args.cgroup_parent)?;
     let web = crate::http::bind(&args).await?;
     let socket = Socket::bind(&args.socket_path)?;
@@ -92,6 +98,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         trusted,
         retention: args.metrics_retention,
         env_labels: crate::environ::wanted_vars(&args.metrics_env_labels),
+        cgroup_labels,
+        placement: args.placement,
         ebpf: Mutex::new(ebpf),
         monitor,
         shutdown: CancellationToken::new(),
@@ -119,6 +127,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         interval = %format_duration(args.monitor_interval),
         ebpf = agent.ebpf().up(),
         trusted = ?agent.trusted.paths(),
+        placement = ?agent.placement,
         "apptheus started"
     );
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
+use crate::cgroup::Placement;
 use crate::duration::parse_duration;
 
 pub const DEFAULT_SOCKET: &str = "/run/apptheus/gateway.sock";
@@ -61,6 +62,13 @@ pub struct AgentArgs {
           value_parser = parse_cgroup_parent)]
     pub cgroup_parent: String,
 
+    /// Where a container's cgroup goes: `auto` moves it to --cgroup.parent only when that drops
+    /// nothing the caller is under (limits, device and socket rules, a scheduler's or systemd's
+    /// tracking) and nests it in the caller's own cgroup otherwise; `nest` always nests; `move`
+    /// always moves (the Go Apptheus layout) and logs what each move drops.
+    #[arg(long = "placement", value_enum, value_name = "MODE", default_value_t = Placement::Auto)]
+    pub placement: Placement,
+
     /// Web configuration (TLS, basic auth, headers) in the Prometheus exporter-toolkit format.
     #[arg(long = "web.config.file", value_name = "FILE", default_value = "")]
     pub web_config_file: String,
@@ -96,6 +104,13 @@ pub struct AgentArgs {
     /// Launcher environment variables to add as labels (comma-separated, e.g. SLURM_JOB_ID,SLURM_JOB_USER).
     #[arg(long = "metrics.env-labels", value_name = "VARS", default_value = "", value_delimiter = ',')]
     pub metrics_env_labels: Vec<String>,
+
+    /// Labels from the launcher's cgroup path, taken before placement: a regex with one named
+    /// group per label, e.g. `/pbs\.slice/(?P<pbs_job_id>[0-9]+)\.scope`. Repeatable. Slurm's
+    /// job and step (slurm_job_id, slurm_step_id) are built in. Unlike --metrics.env-labels a
+    /// user cannot forge them, so on the same label name the cgroup wins.
+    #[arg(long = "metrics.cgroup-labels", value_name = "REGEX")]
+    pub metrics_cgroup_labels: Vec<String>,
 
     /// File to persist the metric store to. Empty: memory only.
     #[arg(long = "persistence.file", value_name = "FILE", default_value = "")]
@@ -208,6 +223,7 @@ mod tests {
         assert_eq!(a.web_listen_address, ":9091");
         assert_eq!(a.web_telemetry_path, "/metrics");
         assert_eq!(a.cgroup_parent, "/metric_gateway");
+        assert_eq!(a.placement, Placement::Auto);
         assert!(a.metrics_legacy);
         assert!(cli.command.is_none());
     }
@@ -232,6 +248,7 @@ mod tests {
         assert!(parse(&["--cgroup.parent=/"]).is_err());
         assert!(parse(&["--web.telemetry-path=metrics"]).is_err());
         assert!(parse(&["--log.level=loud"]).is_err());
+        assert!(parse(&["--placement=elsewhere"]).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::agent::Agent;
-use crate::cgroup::{AttachError, ContainerCgroup};
+use crate::cgroup::{self, AttachError, ContainerCgroup, Decision, Layout};
 use crate::store::ContainerInfo;
 use crate::telemetry::{RESULT_ACCEPTED, RESULT_FAILED, RESULT_REFUSED};
 use crate::trust::{self, Peer, Refusal};
@@ -123,6 +123,12 @@ async fn handle(agent: Arc<Agent>, mut stream: UnixStream) {
             reply(&mut stream, &Ack::Refused { reason: refusal.to_string() }).await;
             return;
         }
+        Ok(Err(PlaceError::Unplaceable(reason))) => {
+            agent.telemetry.count_connection(RESULT_REFUSED);
+            tracing::warn!(%reason, "launcher refused");
+            reply(&mut stream, &Ack::Refused { reason }).await;
+            return;
+        }
         Ok(Err(PlaceError::Failed(err))) => {
             agent.telemetry.count_connection(RESULT_FAILED);
             tracing::error!(err = %format!("{err:#}"), "placing launcher failed");
@@ -198,6 +204,8 @@ fn smallest_procs(dirs: &[std::path::PathBuf]) -> Option<Vec<i32>> {
 
 enum PlaceError {
     Refused(Refusal),
+    /// The caller's cgroup cannot take the container (gone, or at `cgroup.max.descendants`).
+    Unplaceable(String),
     Failed(anyhow::Error),
 }
 
@@ -209,6 +217,48 @@ struct Placed {
     cgroup: Option<(ContainerCgroup, Option<u64>)>,
 }
 
+/// The caller's cgroup paths as the kernel names them, the primary hierarchy's first.
+fn kernel_paths(layout: &Layout, dirs: &[PathBuf]) -> Vec<String> {
+    let primary = layout.primary();
+    let mut paths: Vec<(bool, String)> = layout
+        .hierarchies
+        .iter()
+        .zip(dirs)
+        .filter_map(|(h, d)| Some((h != primary, format!("/{}", d.strip_prefix(&h.mount).ok()?.display()))))
+        .collect();
+    paths.sort_by_key(|(secondary, _)| *secondary);
+    paths.into_iter().map(|(_, p)| p).collect()
+}
+
+/// One line per container that moves away from something it was under (`--placement=move`),
+/// naming all of it; a debug line for why `auto` nested.
+fn log_decision(id: &str, pid: i32, decision: &Decision) {
+    if decision.dropped.is_empty() {
+        return;
+    }
+    let dropped: Vec<String> = decision.dropped.iter().map(|c| c.to_string()).collect();
+    if decision.nested {
+        tracing::debug!(container = %id, pid, reason = %dropped.join("; "), "nesting the container in the cgroup of its caller: a move would drop this");
+    } else {
+        tracing::warn!(container = %id, pid, dropped = %dropped.join("; "), "moving the container to --cgroup.parent drops what its caller was under (--placement=move)");
+    }
+}
+
+/// A refusal when the caller's side is at fault (its cgroup went away, or takes no more
+/// children); a failure otherwise.
+fn creation_error(err: anyhow::Error, decision: &Decision) -> PlaceError {
+    let io = err.chain().find_map(|c| c.downcast_ref::<std::io::Error>());
+    match io.map(|e| (e.kind(), e.raw_os_error())) {
+        Some((ErrorKind::NotFound, _)) if decision.nested => {
+            PlaceError::Unplaceable(format!("the caller's cgroup went away during placement: {err:#}"))
+        }
+        Some((_, Some(libc::EAGAIN))) => {
+            PlaceError::Unplaceable(format!("no room for another cgroup there (cgroup.max.descendants): {err:#}"))
+        }
+        _ => PlaceError::Failed(err),
+    }
+}
+
 /// Create the container's cgroup and move the caller and all its descendants in (blocking).
 fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     if let Some(existing) = agent.store.find_by_pid(peer.pid) {
@@ -216,7 +266,12 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
     }
     let id = peer.container_id();
     let origin = agent.layout.cgroup_dirs_of(peer.pid).map_err(|e| PlaceError::Failed(e.context(format!("pid {}", peer.pid))))?;
-    let cg = ContainerCgroup::create(&agent.layout, &id).map_err(PlaceError::Failed)?;
+    // Who the caller is, from where it runs now (a user cannot forge a cgroup path).
+    let from_cgroup = agent.cgroup_labels.labels(&kernel_paths(&agent.layout, &origin));
+    let decision = cgroup::decide(&agent.layout, agent.placement, &origin, &id);
+    log_decision(&id, peer.pid, &decision);
+    crate::faults::point("placement::decided");
+    let cg = ContainerCgroup::create_in(&agent.layout, &decision.parents, &id).map_err(|e| creation_error(e, &decision))?;
     crate::faults::point("placement::created");
     // Count in the kernel from before the first process arrives.
     let ebpf_id = crate::monitor::ebpf_watch(agent, &id, &cg);
@@ -270,7 +325,7 @@ fn place(agent: &Agent, peer: Peer) -> Result<Placed, PlaceError> {
         user,
         exe: peer.exe.clone(),
         started: SystemTime::now(),
-        labels: crate::environ::env_labels(peer.pid, &agent.env_labels),
+        labels: crate::cgroup_labels::merge(from_cgroup, crate::environ::env_labels(peer.pid, &agent.env_labels)),
     };
     // Registered even if the launcher died just now: its descendants are the container, and
     // the monitor removes the cgroup as soon as it is empty.

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod cgroup_labels;
 pub mod cli;
 pub mod duration;
 pub mod environ;

@@ -1,12 +1,15 @@
 //! Restart recovery: container cgroups left under `--cgroup.parent` by an earlier agent (crash,
-//! upgrade, SIGKILL) are re-adopted when processes still run in them, and removed when empty.
+//! upgrade, SIGKILL), and those it nested in their callers' cgroups (found anywhere by their
+//! mark, [`NESTED_MARK`]), are re-adopted when processes still run in them, and removed when
+//! empty.
 //! A half-made placement (the agent died between hierarchies) is completed: every process
 //! found in any hierarchy's directory is moved into all of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::cgroup::{ContainerCgroup, Layout, AGENT_LEAF};
+use crate::cgroup::{ContainerCgroup, Layout, AGENT_LEAF, NESTED_MARK};
 use crate::store::{ContainerInfo, Store};
 
 /// What the scan found.
@@ -32,8 +35,20 @@ pub fn scan(layout: &Layout, store: &Store) -> Recovered {
         }
     }
     let mut out = Recovered::default();
-    for name in names {
-        let cg = ContainerCgroup::at(layout, &name);
+    let nested = find_nested(layout);
+    let mut candidates: Vec<(String, ContainerCgroup)> = names
+        .into_iter()
+        .filter(|n| !nested.contains_key(n))
+        .map(|n| {
+            let cg = ContainerCgroup::at(layout, &n);
+            (n, cg)
+        })
+        .collect();
+    candidates.extend(nested.into_iter().map(|(n, found)| {
+        let cg = ContainerCgroup::from_dirs(layout, &found);
+        (n, cg)
+    }));
+    for (name, cg) in candidates {
         let pids = pids_anywhere(&cg);
         if pids.is_empty() {
             match cg.remove() {
@@ -61,6 +76,47 @@ pub fn scan(layout: &Layout, store: &Store) -> Recovered {
         out.adopted.push((name, cg));
     }
     out
+}
+
+/// Directories at most this deep below a mount are searched for nested containers, and at most
+/// this many in all: a bound for hierarchies that are not ours.
+const NESTED_MAX_DEPTH: usize = 24;
+const NESTED_MAX_DIRS: usize = 200_000;
+
+/// Nested container cgroups by id: (hierarchy index, directory) for each hierarchy that has one.
+fn find_nested(layout: &Layout) -> BTreeMap<String, Vec<(usize, PathBuf)>> {
+    let mut found: BTreeMap<String, Vec<(usize, PathBuf)>> = BTreeMap::new();
+    let mut budget = NESTED_MAX_DIRS;
+    for (i, h) in layout.hierarchies.iter().enumerate() {
+        let mut stack: Vec<(PathBuf, usize)> = vec![(h.mount.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) || budget == 0 {
+                    continue;
+                }
+                budget -= 1;
+                let path = e.path();
+                if let Some(id) = mark_of(&path) {
+                    // A container's own children (an inner runtime's) are not containers.
+                    found.entry(id).or_default().push((i, path));
+                } else if depth < NESTED_MAX_DEPTH {
+                    stack.push((path, depth + 1));
+                }
+            }
+        }
+    }
+    if budget == 0 {
+        tracing::warn!(dirs = NESTED_MAX_DIRS, "stopped looking for nested containers: too many cgroups");
+    }
+    found
+}
+
+fn mark_of(dir: &Path) -> Option<String> {
+    let mut buf = [0u8; 256];
+    let n = rustix::fs::getxattr(dir, NESTED_MARK, &mut buf[..]).ok()?;
+    let id = std::str::from_utf8(buf.get(..n)?).ok()?;
+    (!id.is_empty() && !id.contains('/')).then(|| id.to_string())
 }
 
 /// Pids in the container's directory of any hierarchy (deduplicated, sorted).

@@ -362,5 +362,68 @@ if start_agent phase2 9092 containers enter_service; then
 fi
 stop_agent phase2 "$F0"
 
+# ============================================================================================
+note "phase 3: a Slurm-like job tree with limits, default placement (auto): the container stays under them"
+JOB=$CG/system.slice/slurmstepd.scope/job_42
+TASK=$JOB/step_0/user/task_0
+# What slurmstepd makes: controllers enabled down to the task's parent, limits on the job.
+mkdir -p "$TASK"
+for d in "$CG/system.slice" "$CG/system.slice/slurmstepd.scope" "$JOB" "$JOB/step_0" "$JOB/step_0/user"; do
+  echo "+cpu +cpuset +io +memory +pids" > "$d/cgroup.subtree_control" || note "cannot enable controllers in ${d#$CG}"
+done
+echo $((64 * MIB)) > "$JOB/memory.max"
+echo 0 > "$JOB/memory.swap.max" 2>/dev/null
+echo 16 > "$JOB/pids.max"
+echo "50000 100000" > "$JOB/cpu.max"
+echo 0 > "$JOB/cpuset.cpus"
+F0=$FAILED
+if start_agent phase3 9093 /metric_gateway; then
+  # the launcher starts inside task_0, as slurmstepd starts a job's task ($! is the launcher)
+  APPTHEUS_EXEC_VERBOSE=1 sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$TASK" \
+    "$APPTHEUS" exec --socket.path=/run/apptheus/gateway.sock -- sh -c '
+    # some CPU time (before the fork bomb below takes every pid the job has)
+    for i in 1 2; do timeout 2 md5sum /dev/zero > /dev/null & done; wait
+    # over the job memory limit: killed by the kernel, as without the agent
+    dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null && echo "oom=survived" || echo "oom=status$?"
+    # past pids.max (16): forks fail (a failed fork ends the subshell, not this shell)
+    ( i=0; while [ $i -lt 30 ]; do sleep 60 & i=$((i + 1)); done ) 2>/dev/null
+    echo "forked=done"
+    exec sleep 600' > "$S/job.out" 2> "$S/job.err" &
+  JOB_LAUNCHER=$!
+  wait_until 20 grep -qs "^apptheus exec: container " "$S/job.err"
+  ID=$(grep -s "^apptheus exec: container " "$S/job.err" | awk '{ print $4 }')
+  NESTED=$TASK/$ID
+  check "phase3: the container is nested in task_0 (auto: a move would drop the job limits)" "$(head -c 300 "$S/job.err")" [ -d "$NESTED" ]
+  check "phase3: the launcher runs in the nested cgroup" "$(cut -d: -f3 /proc/$JOB_LAUNCHER/cgroup 2>/dev/null)" \
+    [ "$(cut -d: -f3 /proc/$JOB_LAUNCHER/cgroup 2>/dev/null)" = "${NESTED#$CG}" ]
+  wait_until 20 grep -qs "^forked=" "$S/job.out"
+  got=$(grep "^oom=" "$S/job.out")
+  check "phase3: allocating 128 MiB under the job's 64 MiB memory.max is OOM-killed" "$got" [ "$got" != "oom=survived" -a -n "$got" ]
+  got=$(cat "$JOB/pids.current")
+  check "phase3: forking past the job's pids.max stops at 16 (pids.current $got)" "$got" [ "$got" -le 16 ]
+  check "phase3: cpuset of the job applies (launcher on CPU 0 only)" "$(grep Cpus_allowed_list /proc/$JOB_LAUNCHER/status)" \
+    eval 'grep -q "Cpus_allowed_list:[[:space:]]*0$" /proc/$JOB_LAUNCHER/status'
+  sleep $SETTLE
+  scrape 9093 || fail "phase3: scrape /metrics" "wget failed"
+  got=$(label container_cpu_usage_seconds_total slurm_job_id "name=\"$ID\"")
+  check "phase3: the series carry slurm_job_id=42 from the cgroup path" "'$got'" [ "$got" = 42 ]
+  got=$(label container_cpu_usage_seconds_total id "name=\"$ID\"")
+  check "phase3: the id label is the nested cgroup path" "'$got'" [ "$got" = "${NESTED#$CG}" ]
+  got=$(value container_cpu_usage_seconds_total "name=\"$ID\"" 'cpu="total"'); want=$(cpu_usage_s "$NESTED")
+  check "phase3: cpu usage matches the nested cpu.stat ($want s)" "$got" near "$got" "$want"
+  got=$(value container_memory_usage_bytes "name=\"$ID\"")
+  check "phase3: no memory series where the memory controller cannot be enabled (omitted, not 0)" "$got" [ "$got" = none ]
+  got=$(cat "$NESTED/cgroup.controllers" 2>/dev/null)
+  note "phase3: controllers in the nested cgroup: '$got'"
+  echo 1 > "$JOB/cgroup.kill"
+  check "phase3: cgroup.kill of the job kills the launcher" "still alive" wait_until 10 dead "$JOB_LAUNCHER"
+  wait "$JOB_LAUNCHER" 2>/dev/null
+  check "phase3: nothing of the container survives the job's cgroup.kill" "$(cat "$JOB/cgroup.procs" "$NESTED/cgroup.procs" 2>/dev/null | tr '\n' ' ')" \
+    wait_until 10 eval '[ "$(nprocs "$JOB/step_0/user/task_0")" = 0 ] && ! [ -s "$NESTED/cgroup.procs" ]'
+  check "phase3: the nested cgroup is removed once empty" "still there after 10 s" wait_until 10 gone "$NESTED"
+fi
+stop_agent phase3 "$F0"
+rmdir "$TASK" "$JOB/step_0/user" "$JOB/step_0" "$JOB" 2>/dev/null
+
 echo "# guest-test: $PASSED passed, $FAILED failed"
 [ $FAILED = 0 ]

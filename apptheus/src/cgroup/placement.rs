@@ -7,9 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::constraints::{dropped_by_move, Constraint};
 use super::files::CgroupFiles;
 use super::layout::{Hierarchy, Layout, Mode, Version, V2_CONTROLLERS};
 use crate::kernfs;
+
+/// Extended attribute that marks a container cgroup nested in its caller's cgroup (value: the
+/// container id), so that a restarted agent finds it again anywhere in the hierarchy. systemd
+/// marks its cgroups the same way (`trusted.invocation_id`); only root can set `trusted.*`.
+pub const NESTED_MARK: &str = "trusted.apptheus.container";
 
 /// Name of the leaf the agent moves itself into when it must enable controllers in its own
 /// cgroup (cgroup v2 forbids processes in a cgroup that delegates controllers to children).
@@ -81,6 +87,57 @@ fn leave_own_cgroup(own: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a launcher's container cgroup goes (`--placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    /// Move to `--cgroup.parent` when that drops nothing the caller is under (limits, device
+    /// and socket rules, a scheduler's tracking); nest otherwise.
+    Auto,
+    /// Always inside the caller's own cgroup: every limit and rule above it still applies.
+    Nest,
+    /// Always to `--cgroup.parent` (the Go Apptheus layout), logging what the move drops.
+    Move,
+}
+
+/// Where one container goes, and why.
+#[derive(Debug)]
+pub struct Decision {
+    /// The directory to create the container's cgroup in, per hierarchy (layout order).
+    pub parents: Vec<PathBuf>,
+    pub nested: bool,
+    /// What moving to `--cgroup.parent` would drop (for `auto` only the first found).
+    pub dropped: Vec<Constraint>,
+}
+
+/// Chooses the parents of a container for a caller now in `origin` (one directory per
+/// hierarchy, layout order).
+pub fn decide(layout: &Layout, mode: Placement, origin: &[PathBuf], name: &str) -> Decision {
+    let dropped = match mode {
+        Placement::Nest => Vec::new(),
+        Placement::Auto | Placement::Move => {
+            let mut all = Vec::new();
+            for (h, from) in layout.hierarchies.iter().zip(origin) {
+                all.extend(dropped_by_move(h, from, &h.parent_dir.join(name)));
+                if mode == Placement::Auto && !all.is_empty() {
+                    break; // one reason is enough to nest
+                }
+            }
+            all
+        }
+    };
+    let nested = match mode {
+        Placement::Nest => true,
+        Placement::Move => false,
+        Placement::Auto => !dropped.is_empty(),
+    };
+    let parents = if nested {
+        origin.to_vec()
+    } else {
+        layout.hierarchies.iter().map(|h| h.parent_dir.clone()).collect()
+    };
+    Decision { parents, nested, dropped }
+}
+
 /// A container's cgroup, one directory per hierarchy.
 #[derive(Debug, Clone)]
 pub struct ContainerCgroup {
@@ -119,12 +176,24 @@ fn move_charge_at_immigrate(dir: &Path) {
 impl ContainerCgroup {
     /// Create `<parent>/<name>` in every hierarchy. On failure nothing is left behind.
     pub fn create(layout: &Layout, name: &str) -> Result<ContainerCgroup> {
-        let cg = ContainerCgroup::at(layout, name);
+        let parents: Vec<PathBuf> = layout.hierarchies.iter().map(|h| h.parent_dir.clone()).collect();
+        Self::create_in(layout, &parents, name)
+    }
+
+    /// Create `<parents[i]>/<name>` in hierarchy `i`. On failure nothing is left behind.
+    pub fn create_in(layout: &Layout, parents: &[PathBuf], name: &str) -> Result<ContainerCgroup> {
+        let cg = ContainerCgroup::in_dirs(layout, parents, name);
+        let nested = layout.hierarchies.iter().zip(parents).any(|(h, p)| *p != h.parent_dir);
         let mut made: Vec<&Path> = Vec::new();
         for d in &cg.dirs {
             match make_dir(&d.dir) {
                 Ok(()) => {
                     made.push(&d.dir);
+                    if nested {
+                        if let Err(err) = rustix::fs::setxattr(&d.dir, NESTED_MARK, name.as_bytes(), rustix::fs::XattrFlags::empty()) {
+                            tracing::warn!(path = %d.dir.display(), %err, "cannot mark the nested cgroup; a restarted agent will not find it");
+                        }
+                    }
                     crate::faults::point("placement::created_one");
                 }
                 Err(err) => {
@@ -139,6 +208,49 @@ impl ContainerCgroup {
             }
         }
         Ok(cg)
+    }
+
+    /// `<parents[i]>/<name>` per hierarchy, without touching the file system.
+    fn in_dirs(layout: &Layout, parents: &[PathBuf], name: &str) -> ContainerCgroup {
+        let dirs: Vec<CgroupDir> = layout
+            .hierarchies
+            .iter()
+            .zip(parents)
+            .map(|(h, parent)| CgroupDir { version: h.version, controllers: h.controllers.clone(), dir: parent.join(name) })
+            .collect();
+        let primary = layout.primary();
+        let moved = layout.hierarchies.iter().zip(parents).all(|(h, p)| *p == h.parent_dir);
+        let path = match layout.hierarchies.iter().position(|h| h == primary).and_then(|i| dirs.get(i)) {
+            // The kernel's name for a nested cgroup: its place below the mount (the agent sees
+            // the whole hierarchy; a mount root other than / is the move layout's concern).
+            Some(d) if !moved => d
+                .dir
+                .strip_prefix(&primary.mount)
+                .map(|rel| format!("/{}", rel.display()))
+                .unwrap_or_else(|_| d.dir.display().to_string()),
+            _ => format!("{}/{name}", primary.parent_path.trim_end_matches('/')),
+        };
+        ContainerCgroup { path, dirs, mode: layout.mode }
+    }
+
+    /// An existing container cgroup found by its directories (hierarchy index, directory), e.g.
+    /// a nested one a restarted agent finds by its mark.
+    pub fn from_dirs(layout: &Layout, found: &[(usize, PathBuf)]) -> ContainerCgroup {
+        let dirs: Vec<CgroupDir> = found
+            .iter()
+            .filter_map(|(i, dir)| {
+                let h = layout.hierarchies.get(*i)?;
+                Some(CgroupDir { version: h.version, controllers: h.controllers.clone(), dir: dir.clone() })
+            })
+            .collect();
+        let primary = layout.primary();
+        let path = found
+            .iter()
+            .find(|(i, _)| layout.hierarchies.get(*i) == Some(primary))
+            .or(found.first())
+            .and_then(|(i, d)| Some(format!("/{}", d.strip_prefix(&layout.hierarchies.get(*i)?.mount).ok()?.display())))
+            .unwrap_or_default();
+        ContainerCgroup { path, dirs, mode: layout.mode }
     }
 
     /// The cgroup `<parent>/<name>` without touching the file system (for an existing one).

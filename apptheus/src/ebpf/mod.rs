@@ -30,6 +30,7 @@ mod batch;
 mod btf;
 mod logs;
 mod programs;
+pub mod query;
 #[cfg(test)]
 mod tests;
 
@@ -372,6 +373,16 @@ impl Loaded {
         let covered = self.skb_parent.as_ref().is_some_and(|(parent, _)| dir.parent() == Some(parent.as_path()));
         if covered {
             return Ok(Vec::new());
+        }
+        // Outside the containers' parent (a container nested in its caller's cgroup): a program
+        // of ours there would switch off one an ancestor attached without BPF_F_ALLOW_MULTI.
+        for attach_type in [query::INGRESS, query::EGRESS] {
+            if let Some(ancestor) = query::overridable_ancestor(dir, attach_type) {
+                anyhow::bail!(
+                    "{} has a cgroup_skb program that one attached below it would override; not counting there",
+                    ancestor.display()
+                );
+            }
         }
         self.attach_skb(dir)
     }
