@@ -345,10 +345,7 @@ fn the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made() {
     if !privileged("the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made") {
         return;
     }
-    if !cfg!(feature = "failpoints") {
-        let why = "the test binary was built without the `failpoints` feature (run `cargo xtask test`)";
-        assert!(std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"), "{why}");
-        eprintln!("SKIP the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made: {why}");
+    if !common::failpoints("the_agent_killed_at_each_step_of_a_placement_leaves_nothing_half_made") {
         return;
     }
     // (failpoint, whether the callers have been moved anywhere when it is reached)

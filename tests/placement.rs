@@ -221,13 +221,7 @@ fn slurm_job_labels_come_from_the_cgroup_path() {
 #[test]
 fn a_caller_whose_cgroup_vanishes_mid_placement_is_refused() {
     let test = "a_caller_whose_cgroup_vanishes_mid_placement_is_refused";
-    if !privileged(test) || !v1_available(test, "memory") {
-        return;
-    }
-    if !cfg!(feature = "failpoints") {
-        let why = "the test binary was built without the `failpoints` feature (run `cargo xtask test`)";
-        assert!(std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"), "{why}");
-        eprintln!("SKIP {test}: {why}");
+    if !privileged(test) || !v1_available(test, "memory") || !common::failpoints(test) {
         return;
     }
     let limited = Limited::new("memory", &memory_limit_100m()).unwrap();
@@ -409,5 +403,33 @@ mod bpf {
         bpf(PROG_QUERY, &mut attr).expect("BPF_PROG_QUERY");
         let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
         ids[..n.min(ids.len())].to_vec()
+    }
+}
+
+/// Bad placement input stops the start with one line and a non-zero status, having made nothing.
+#[test]
+fn bad_placement_input_stops_the_start_with_one_line() {
+    let test = "bad_placement_input_stops_the_start_with_one_line";
+    if !privileged(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gateway.sock");
+    for (flag, says) in [
+        ("--placement=elsewhere", "elsewhere"),
+        ("--metrics.cgroup-labels=job_(?P<id>[0-9]+", "does not compile"),
+        ("--metrics.cgroup-labels=job_[0-9]+", "no named group"),
+    ] {
+        let out = Command::new(BIN)
+            .arg(flag)
+            .arg(format!("--socket.path={}", socket.display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: started");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{flag}: not one line: {stderr}");
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+        assert!(!socket.exists(), "{flag}: the socket was made");
     }
 }

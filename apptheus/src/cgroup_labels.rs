@@ -22,7 +22,11 @@ impl CgroupLabels {
     pub fn new(site: &[String]) -> Result<CgroupLabels> {
         let mut patterns = vec![Regex::new(SLURM).context("built-in Slurm pattern")?];
         for text in site.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            let re = Regex::new(text).with_context(|| format!("--metrics.cgroup-labels {text:?}"))?;
+            // regex's message draws a caret under the pattern over several lines: keep one.
+            let re = Regex::new(text).map_err(|e| {
+                let why = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+                anyhow::anyhow!("--metrics.cgroup-labels {text:?} does not compile: {why}")
+            })?;
             let names: Vec<&str> = re.capture_names().flatten().collect();
             if names.is_empty() {
                 bail!("--metrics.cgroup-labels {text:?} has no named group (?P<label>...) to take a label from");

@@ -39,6 +39,19 @@ pub fn privileged(test: &str) -> bool {
     }
 }
 
+/// Whether this test binary has the named fault points (`cargo xtask test` builds it with the
+/// `failpoints` feature). Without them the test skips with a message, or fails under
+/// APPTHEUS_REQUIRE_PRIVILEGED=1.
+pub fn failpoints(test: &str) -> bool {
+    if cfg!(feature = "failpoints") {
+        return true;
+    }
+    let why = "the test binary was built without the `failpoints` feature (run `cargo xtask test`)";
+    assert!(std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() != Ok("1"), "{test}: {why}");
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
 /// Fail (not skip) when a tool the test needs is missing and privileged tests are required.
 pub fn tool(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")

@@ -28,6 +28,7 @@ while [ $i -le "$CYCLES" ]; do
   else
     echo "# cycle $i: ebpf_up or placement missing (exec status $placed)"; tail -n 5 "$S/agent.log" | sed 's/^/#   /'
   fi
+  [ $((i % 10)) = 0 ] && echo "# $i start-ups done"
   i=$((i + 1))
 done
 kill $churn
