@@ -201,7 +201,12 @@ fn vm_test(args: VmArgs) -> Result<()> {
     } else {
         report::judge(&outcome, &console, &tally, is_test, args.timeout)
     };
-    if let Some((_, _, evidence)) = &outcome.lockup {
+    let evidence = match (&outcome.lockup, &outcome.at_timeout) {
+        (Some((_, _, evidence)), _) => Some(evidence),
+        (None, Some(evidence)) => Some(evidence),
+        _ => None,
+    };
+    if let Some(evidence) = evidence {
         if !args.verbose {
             eprint!("{}", lockup_console(&console_log));
         }
@@ -209,7 +214,8 @@ fn vm_test(args: VmArgs) -> Result<()> {
             .map_err(|e| eprintln!("vm-test: kernel addresses stay unnamed: {e:#}"))
             .ok();
         eprint!(
-            "vm-test: qemu's view of each vCPU at the lockup:\n{}",
+            "vm-test: qemu's view of each vCPU {}:\n{}",
+            if outcome.lockup.is_some() { "at the lockup" } else { "when time was up" },
             lockup::render(evidence, symbols.as_ref(), console.stext)
         );
     } else if let Some(Failure { vm: true, .. }) = &failure {
@@ -302,7 +308,8 @@ fn lockup_console(console_log: &Path) -> String {
     let first = lines.iter().position(|l| lockup::is_alarm(l)).unwrap_or(0);
     let shown = &lines[first.saturating_sub(BEFORE)..];
     let mut out = format!(
-        "vm-test: guest console from the lockup on ({}):\n",
+        "vm-test: guest console{} ({}):\n",
+        if first > 0 { " from the lockup on" } else { "" },
         console_log.display()
     );
     for l in shown.iter().take(MAX) {

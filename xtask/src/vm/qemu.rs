@@ -106,6 +106,9 @@ pub struct Outcome {
     /// The guest kernel's first lockup line, when it came (since qemu started), and what was
     /// gathered then; the run was ended [`lockup::GRACE`] after it.
     pub lockup: Option<(Duration, String, Evidence)>,
+    /// What qemu showed of each vCPU when the wall-clock limit ended a run with no lockup alarm
+    /// (a guest can hang where its watchdogs cannot see it, e.g. with interrupts off on every CPU).
+    pub at_timeout: Option<Evidence>,
     pub elapsed: Duration,
     /// What qemu itself printed (errors such as a missing accelerator).
     pub qemu_stderr: String,
@@ -192,6 +195,7 @@ pub fn run(machine: &Machine, ports: Ports, alarm: &Alarm, timeout: Duration) ->
         lockup: relayed
             .lockup
             .map(|(at, line, evidence)| (at.duration_since(start), line, evidence)),
+        at_timeout: relayed.at_timeout,
         elapsed: start.elapsed(),
         qemu_stderr,
     })
@@ -212,6 +216,7 @@ struct Relayed {
     timed_out: bool,
     /// When the alarm was raised, its line, and the evidence gathered then.
     lockup: Option<(Instant, String, Evidence)>,
+    at_timeout: Option<Evidence>,
 }
 
 /// Accepts qemu's three serial connections and its QMP connection, relays the serial ports on
@@ -227,6 +232,7 @@ fn relay(
         threads: Vec::new(),
         timed_out,
         lockup: None,
+        at_timeout: None,
     };
     let mut streams: Vec<UnixStream> = Vec::new();
     for l in &listeners {
@@ -269,6 +275,7 @@ fn relay(
         threads,
         timed_out: false,
         lockup: None,
+        at_timeout: None,
     };
     loop {
         if child.try_wait().context("polling qemu")?.is_some() {
@@ -285,6 +292,10 @@ fn relay(
         }
         if Instant::now() >= deadline {
             relayed.timed_out = relayed.lockup.is_none();
+            if relayed.timed_out {
+                eprintln!("vm-test: time is up; reading qemu's view of each vCPU before ending the run");
+                relayed.at_timeout = Some(probe.gather());
+            }
             return Ok(relayed);
         }
         thread::sleep(Duration::from_millis(50));
