@@ -466,8 +466,18 @@ pub fn wait_connected(pid: u32) {
     });
 }
 
+/// SIGSTOP `pid` and wait until every thread of it has stopped: the signal takes effect as each
+/// thread next checks for signals, which on a loaded machine can be after the test's next step.
 pub fn freeze(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let stopped = |stat: &str| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with(['T', 't']));
+    wait_for(Duration::from_secs(10), "every thread stopped", || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .flatten()
+            .all(|t| std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| stopped(&s)))
+            .then_some(())
+    });
 }
 
 pub fn thaw(pid: u32) {
