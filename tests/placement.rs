@@ -37,6 +37,15 @@ impl Limited {
     }
 }
 
+/// A cgroup this test made, removed (with what runs in it) when dropped, also on a panic.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        cleanup_parent(std::slice::from_ref(&self.0));
+    }
+}
+
 impl Drop for Limited {
     fn drop(&mut self) {
         cleanup_parent(std::slice::from_ref(&self.dir));
@@ -268,6 +277,7 @@ fn a_caller_at_cgroup_max_descendants_is_refused() {
     };
     let full = unified_own.join(format!("full-{}", std::process::id()));
     std::fs::create_dir(&full).unwrap();
+    let _remove = Removed(full.clone());
     std::fs::write(full.join("cgroup.max.descendants"), "0").unwrap();
     let mut agent = Agent::start_with(AgentOptions { extra: vec!["--placement=nest".into()], ..AgentOptions::default() });
     let launcher = launch_in(&mut agent, &full, None, &["true"]);
@@ -276,7 +286,6 @@ fn a_caller_at_cgroup_max_descendants_is_refused() {
     let mut left: Vec<PathBuf> = std::fs::read_dir(&full).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     // nor in the other hierarchies, where the nested directories were made first
     left.extend(own_cgroup_dirs().into_iter().map(|d| d.join(&id)).filter(|p| p.exists()));
-    cleanup_parent(std::slice::from_ref(&full));
     assert_eq!(status, Some(125), "{stderr}");
     assert!(stderr.contains("cgroup.max.descendants"), "{stderr}");
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -322,6 +331,7 @@ fn a_network_policy_above_a_nested_container_stays_in_force() {
     };
     let policy_dir = unified.join(format!("policy-{}", std::process::id()));
     std::fs::create_dir(&policy_dir).unwrap();
+    let _remove = Removed(policy_dir.clone());
     let prog = bpf::load_allow_all_skb().expect("loading a cgroup_skb program");
     let policy = std::fs::File::open(&policy_dir).unwrap();
     bpf::attach(&policy, &prog, bpf::INGRESS, bpf::ALLOW_OVERRIDE).expect("attaching it with BPF_F_ALLOW_OVERRIDE");
@@ -337,7 +347,6 @@ fn a_network_policy_above_a_nested_container_stays_in_force() {
     let in_force = bpf::effective(&std::fs::File::open(&nested).unwrap(), bpf::INGRESS);
     let the_policy = bpf::effective(&policy, bpf::INGRESS);
     drop(agent);
-    cleanup_parent(std::slice::from_ref(&policy_dir));
     assert_eq!(the_policy.len(), 1);
     assert_eq!(in_force, the_policy, "the policy, and nothing of ours, in force at the container; {warned}");
 }

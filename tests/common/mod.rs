@@ -250,6 +250,13 @@ impl Drop for Agent {
         }
         self.stop();
         cleanup_parent(&self.parent_dirs());
+        // Containers nested in their caller's cgroup (--placement) lie outside the parent: in
+        // this process's own cgroups, named after the launchers the test started.
+        let own = own_cgroup_dirs();
+        for pid in &self.started {
+            let nested: Vec<PathBuf> = own.iter().map(|d| d.join(format!("apptheus_{pid}"))).collect();
+            cleanup_parent(&nested);
+        }
     }
 }
 
