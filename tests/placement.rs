@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use apptheus::ebpf::query::{programs_at, INGRESS};
 use common::{cleanup_parent, own_cgroup_dirs, privileged, wait_for, Agent, AgentOptions, BIN};
 
 const MIB: u64 = 1 << 20;
@@ -334,7 +335,7 @@ fn a_network_policy_above_a_nested_container_stays_in_force() {
     let _remove = Removed(policy_dir.clone());
     let prog = bpf::load_allow_all_skb().expect("loading a cgroup_skb program");
     let policy = std::fs::File::open(&policy_dir).unwrap();
-    bpf::attach(&policy, &prog, bpf::INGRESS, bpf::ALLOW_OVERRIDE).expect("attaching it with BPF_F_ALLOW_OVERRIDE");
+    bpf::attach(&policy, &prog, INGRESS, bpf::ALLOW_OVERRIDE).expect("attaching it with BPF_F_ALLOW_OVERRIDE");
     let mut agent = Agent::start_with(AgentOptions { extra: vec!["--placement=nest".into()], ..AgentOptions::default() });
     let sleeper = launch_in(&mut agent, &policy_dir, None, &["sleep", "20"]);
     let id = format!("apptheus_{}", sleeper.id());
@@ -344,23 +345,23 @@ fn a_network_policy_above_a_nested_container_stays_in_force() {
         agent.log_text().lines().find(|l| l.contains(&id) && l.contains("would override")).map(str::to_string)
     });
     reap(sleeper);
-    let in_force = bpf::effective(&std::fs::File::open(&nested).unwrap(), bpf::INGRESS);
-    let the_policy = bpf::effective(&policy, bpf::INGRESS);
+    // Programs in force, as the agent itself queries them.
+    let in_force = programs_at(&nested, INGRESS, true).expect("BPF_PROG_QUERY").ids;
+    let the_policy = programs_at(&policy_dir, INGRESS, true).expect("BPF_PROG_QUERY").ids;
     drop(agent);
     assert_eq!(the_policy.len(), 1);
     assert_eq!(in_force, the_policy, "the policy, and nothing of ours, in force at the container; {warned}");
 }
 
-/// Raw cgroup BPF calls for the test above (aya loads programs from ELF objects only).
+/// Loading and attaching a cgroup BPF program for the test above (aya loads programs from ELF
+/// objects only; queries use the agent's own `programs_at`).
 mod bpf {
     use std::fs::File;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    pub const INGRESS: u32 = 0;
     pub const ALLOW_OVERRIDE: u32 = 1;
     const PROG_LOAD: libc::c_long = 5;
     const PROG_ATTACH: libc::c_long = 8;
-    const PROG_QUERY: libc::c_long = 16;
     const CGROUP_SKB: u32 = 8;
 
     fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
@@ -398,20 +399,6 @@ mod bpf {
         put(&mut attr, 8, &attach_type.to_ne_bytes());
         put(&mut attr, 12, &flags.to_ne_bytes());
         bpf(PROG_ATTACH, &mut attr).map(|_| ())
-    }
-
-    /// Ids of the programs in force at a cgroup.
-    pub fn effective(cgroup: &File, attach_type: u32) -> Vec<u32> {
-        let mut ids = [0u32; 16];
-        let mut attr = [0u8; 128];
-        put(&mut attr, 0, &(cgroup.as_raw_fd() as u32).to_ne_bytes());
-        put(&mut attr, 4, &attach_type.to_ne_bytes());
-        put(&mut attr, 8, &1u32.to_ne_bytes()); // BPF_F_QUERY_EFFECTIVE
-        put(&mut attr, 16, &(ids.as_mut_ptr() as u64).to_ne_bytes());
-        put(&mut attr, 24, &(ids.len() as u32).to_ne_bytes());
-        bpf(PROG_QUERY, &mut attr).expect("BPF_PROG_QUERY");
-        let n = u32::from_ne_bytes(attr[24..28].try_into().unwrap()) as usize;
-        ids[..n.min(ids.len())].to_vec()
     }
 }
 

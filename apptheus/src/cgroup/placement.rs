@@ -174,16 +174,15 @@ fn move_charge_at_immigrate(dir: &Path) {
 }
 
 impl ContainerCgroup {
-    /// Create `<parent>/<name>` in every hierarchy. On failure nothing is left behind.
-    pub fn create(layout: &Layout, name: &str) -> Result<ContainerCgroup> {
-        let parents: Vec<PathBuf> = layout.hierarchies.iter().map(|h| h.parent_dir.clone()).collect();
-        Self::create_in(layout, &parents, name)
-    }
-
     /// Create `<parents[i]>/<name>` in hierarchy `i`. On failure nothing is left behind.
     pub fn create_in(layout: &Layout, parents: &[PathBuf], name: &str) -> Result<ContainerCgroup> {
-        let cg = ContainerCgroup::in_dirs(layout, parents, name);
         let nested = layout.hierarchies.iter().zip(parents).any(|(h, p)| *p != h.parent_dir);
+        let cg = if nested {
+            let dirs: Vec<(usize, PathBuf)> = parents.iter().map(|p| p.join(name)).enumerate().collect();
+            ContainerCgroup::from_dirs(layout, &dirs)
+        } else {
+            ContainerCgroup::at(layout, name)
+        };
         let mut made: Vec<&Path> = Vec::new();
         for d in &cg.dirs {
             match make_dir(&d.dir) {
@@ -210,31 +209,8 @@ impl ContainerCgroup {
         Ok(cg)
     }
 
-    /// `<parents[i]>/<name>` per hierarchy, without touching the file system.
-    fn in_dirs(layout: &Layout, parents: &[PathBuf], name: &str) -> ContainerCgroup {
-        let dirs: Vec<CgroupDir> = layout
-            .hierarchies
-            .iter()
-            .zip(parents)
-            .map(|(h, parent)| CgroupDir { version: h.version, controllers: h.controllers.clone(), dir: parent.join(name) })
-            .collect();
-        let primary = layout.primary();
-        let moved = layout.hierarchies.iter().zip(parents).all(|(h, p)| *p == h.parent_dir);
-        let path = match layout.hierarchies.iter().position(|h| h == primary).and_then(|i| dirs.get(i)) {
-            // The kernel's name for a nested cgroup: its place below the mount (the agent sees
-            // the whole hierarchy; a mount root other than / is the move layout's concern).
-            Some(d) if !moved => d
-                .dir
-                .strip_prefix(&primary.mount)
-                .map(|rel| format!("/{}", rel.display()))
-                .unwrap_or_else(|_| d.dir.display().to_string()),
-            _ => format!("{}/{name}", primary.parent_path.trim_end_matches('/')),
-        };
-        ContainerCgroup { path, dirs, mode: layout.mode }
-    }
-
-    /// An existing container cgroup found by its directories (hierarchy index, directory), e.g.
-    /// a nested one a restarted agent finds by its mark.
+    /// A container cgroup by its directories (hierarchy index, directory): a nested one, or one
+    /// a restarted agent finds by its mark. Its `id` label is its path below the primary mount.
     pub fn from_dirs(layout: &Layout, found: &[(usize, PathBuf)]) -> ContainerCgroup {
         let dirs: Vec<CgroupDir> = found
             .iter()
