@@ -10,12 +10,19 @@
 # STATE_DIR/ready and holds everything until a line arrives on STATE_DIR/release.
 #
 # The limits are set on the container's own cgroup, which needs the memory and io controllers
-# enabled by the agent; a failure to set them is reported on stderr and as "limits=failed".
+# enabled by the agent (v1: the blkio write limit only); a failure to set them is reported on
+# stderr and as "limits=failed".
 S=$1
 PORT=${2:-5555}
 log() { echo "busy-workload: $*" >&2; }
 
-cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)
+# cgroup v2: one line "0::PATH"; pure v1 (CGROUP=v1): a line per hierarchy
+if [ "$CGROUP" = v1 ]; then
+  v1dir() { echo "/sys/fs/cgroup/$1$(awk -F: -v c="$1" '$2 == c { print $3 }' /proc/self/cgroup)"; }
+  cg=$(v1dir memory)
+else
+  cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)
+fi
 echo "$cg" > "$S/cgroup"
 limits=ok
 dev=$(cat /sys/block/ram0/dev 2>/dev/null) || { log "no /dev/ram0"; dev=; }
@@ -28,14 +35,23 @@ if [ -n "$dev" ]; then
   # 16 MiB straight to the device.
   dd if=/dev/zero of=/dev/ram0 bs=1M count=16 oflag=direct 2>/dev/null || log "direct write failed"
   # 4 MiB at 4 MiB/s: about a second throttled, waiting for I/O.
-  if echo "$dev wbps=4194304" > "$cg/io.max"; then
-    dd if=/dev/zero of=/dev/ram0 bs=64k count=64 seek=256 oflag=direct 2>/dev/null || log "throttled write failed"
-    echo "$dev wbps=max" > "$cg/io.max"
+  if [ "$CGROUP" = v1 ]; then
+    throttle="$(v1dir blkio)/blkio.throttle.write_bps_device" on="$dev 4194304" off="$dev 0"
   else
-    log "cannot write $cg/io.max"; limits=failed
+    throttle="$cg/io.max" on="$dev wbps=4194304" off="$dev wbps=max"
   fi
-  # 32 MiB through the page cache with memory.high at 8 MiB: reclaim stalls.
-  if echo 8M > "$cg/memory.high"; then
+  if echo "$on" > "$throttle"; then
+    dd if=/dev/zero of=/dev/ram0 bs=64k count=64 seek=256 oflag=direct 2>/dev/null || log "throttled write failed"
+    echo "$off" > "$throttle"
+  else
+    log "cannot write $throttle"; limits=failed
+  fi
+  # 32 MiB through the page cache with memory.high at 8 MiB: reclaim stalls (v1 has no
+  # memory.high: the writes just go through the page cache).
+  if [ "$CGROUP" = v1 ]; then
+    dd if=/dev/zero of=/dev/ram0 bs=1M count=32 seek=20 2>/dev/null || log "buffered write failed"
+    sync
+  elif echo 8M > "$cg/memory.high"; then
     dd if=/dev/zero of=/dev/ram0 bs=1M count=32 seek=20 2>/dev/null || log "buffered write failed"
     sync
     echo max > "$cg/memory.high"

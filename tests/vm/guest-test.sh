@@ -13,130 +13,14 @@
 # Every check prints "ok - WHAT" or "not ok - WHAT (got ...)"; the host counts these lines. The
 # script ends with the counts and exits 1 if anything failed.
 
-APPTHEUS=${APPTHEUS:-/usr/local/bin/apptheus}
-VERBOSE=${VERBOSE:-0}
-CG=/sys/fs/cgroup
-S=/run/vm-test                  # state: FIFOs, logs, scraped metrics
-INTERVAL=200ms                  # --monitor.interval
-SETTLE=1                        # seconds to wait for a few samples to be taken
+. /tests/vm/lib.sh
 CONTROLLERS="cpu io memory pids"
-MIB=1048576
-
-PASSED=0
-FAILED=0
-mkdir -p "$S" /run/apptheus
-
-# --- reporting --------------------------------------------------------------------------------
-pass() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "not ok - $1 (got ${2:-nothing})"; }
-# check WHAT GOT CMD...: pass if CMD succeeds
-check() { local what=$1 got_=$2; shift 2; if "$@"; then pass "$what"; else fail "$what" "$got_"; fi; }
-note() { echo "# $*"; }
-
-# --- numbers (values may be floats or "none") ---------------------------------------------------
-num() { [ "$1" != none ] && [ -n "$1" ]; }
-ge() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
-gt() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }'; }
-eq() { num "$1" && awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 == b + 0) }'; }
-# near A B: |A-B| <= 10% of B + 2% of a MiB/second (covers rounding of small values)
-near() { num "$1" && num "$2" && awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= b * 0.1 + 0.02) }'; }
-# expected per-second/byte values from the kernel's files
-usec_to_s() { awk -v u="$1" 'BEGIN { printf "%.6f\n", u / 1000000 }'; }
 
 # --- the kernel's view ------------------------------------------------------------------------
 cpu_usage_s() { usec_to_s "$(awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat")"; }
 # psi_total DIR RESOURCE some|full -> seconds
 psi_total() { usec_to_s "$(awk -v k="$3" '$1 == k { sub("total=", "", $5); print $5 }' "$1/$2.pressure")"; }
 io_wbytes() { awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) { sub("wbytes=", "", $i); s += $i } } END { print s + 0 }' "$1/io.stat"; }
-nprocs() { wc -l < "$1/cgroup.procs" | tr -d ' '; }
-has_words() { # has_words "LIST" WORDS...: every word is in LIST
-  local list=" $1 " w; shift
-  for w in "$@"; do case "$list" in *" $w "*) ;; *) return 1 ;; esac; done
-}
-
-# --- metrics ----------------------------------------------------------------------------------
-# scrape PORT: fetch /metrics into $S/metrics (busybox 1.35's `wget -T` segfaults: use timeout)
-scrape() { timeout 10 wget -q -O "$S/metrics" "http://127.0.0.1:$1/metrics" 2>/dev/null; }
-# value METRIC [SUBSTRING...]: sum of the samples of METRIC whose line contains every SUBSTRING;
-# "none" if there is no such sample
-value() {
-  local m=$1; shift
-  awk -v m="$m" -v filters="$*" '
-    BEGIN { n = split(filters, f, " ") }
-    /^#/ { next }
-    { name = $1; sub(/[{].*/, "", name); if (name != m) next
-      for (i = 1; i <= n; i++) if (index($0, f[i]) == 0) next
-      s += $NF; c++ }
-    END { if (c) printf "%.6f\n", s; else print "none" }' "$S/metrics"
-}
-# label METRIC LABEL SUBSTRING: value of LABEL on the first sample of METRIC containing SUBSTRING
-label() {
-  awk -v m="$1" -v l="$2" -v f="$3" '
-    /^#/ { next }
-    { name = $1; sub(/[{].*/, "", name); if (name != m || index($0, f) == 0) next
-      if (match($0, "[{,]" l "=\"[^\"]*\"")) { print substr($0, RSTART + length(l) + 3, RLENGTH - length(l) - 4); exit } }' "$S/metrics"
-}
-
-# --- processes --------------------------------------------------------------------------------
-# wait_until SECONDS CMD...: poll CMD every 0.1 s
-wait_until() {
-  local n=$(($1 * 10)); shift
-  while ! "$@"; do n=$((n - 1)); [ $n -le 0 ] && return 1; sleep 0.1; done
-}
-alive() { kill -0 "$1" 2>/dev/null; }
-dead() { ! alive "$1"; }
-gone() { [ ! -e "$1" ]; }
-
-AGENT_PID=
-# start_agent NAME PORT CGROUP_PARENT [PREFIX...]: run the agent (optionally through PREFIX, a
-# command that execs its arguments) and wait until /metrics answers
-start_agent() {
-  local name=$1 port=$2 parent=$3; shift 3
-  "$@" "$APPTHEUS" --socket.path=/run/apptheus/gateway.sock --trust.path="$APPTHEUS" \
-    --monitor.interval=$INTERVAL --web.listen-address=127.0.0.1:"$port" --web.telemetry-path=/metrics \
-    --cgroup.parent="$parent" --log.level=debug > "$S/agent-$name.log" 2>&1 &
-  AGENT_PID=$!
-  wait_until 60 eval 'scrape "$port" || dead "$AGENT_PID"'
-  if scrape "$port"; then
-    pass "$name: agent serves /metrics on 127.0.0.1:$port"
-  else
-    fail "$name: agent serves /metrics on 127.0.0.1:$port" "$(alive $AGENT_PID && echo 'no answer' || echo 'agent exited')"
-    return 1
-  fi
-}
-stop_agent() {
-  local name=$1 failed_before=$2
-  [ -n "$AGENT_PID" ] || return 0
-  kill -TERM "$AGENT_PID" 2>/dev/null
-  check "$name: agent exits on SIGTERM" "still running after 10 s" wait_until 10 dead "$AGENT_PID"
-  kill -KILL "$AGENT_PID" 2>/dev/null
-  wait "$AGENT_PID" 2>/dev/null
-  if [ "$VERBOSE" = 1 ] || [ $FAILED -gt "$failed_before" ]; then
-    note "agent log ($name, last 80 lines):"
-    tail -n 80 "$S/agent-$name.log" | sed 's/^/#   /'
-  fi
-  AGENT_PID=
-}
-
-# start_container NAME CMD...: `apptheus exec` CMD in the background; sets LAUNCHER (its pid), ID
-# and CGROUP (as the launcher reports them) once the agent has answered
-start_container() {
-  local name=$1 line; shift
-  APPTHEUS_EXEC_VERBOSE=1 "$APPTHEUS" exec --socket.path=/run/apptheus/gateway.sock -- "$@" \
-    > "$S/$name.out" 2> "$S/$name.err" &
-  LAUNCHER=$!
-  eval "LAUNCHER_$name=$LAUNCHER"
-  wait_until 20 grep -qs "^apptheus exec: container " "$S/$name.err" \
-    || wait_until 1 dead "$LAUNCHER"
-  line=$(grep -s "^apptheus exec: container " "$S/$name.err" | head -n 1)
-  ID=$(echo "$line" | awk '{ print $4 }')
-  CGROUP=$(echo "$line" | awk '{ print $7 }')
-  check "$name: the agent acknowledges the launcher" "$(head -c 300 "$S/$name.err")" [ -n "$ID" ]
-  check "$name: container id is apptheus_<launcher pid>" "$ID" [ "$ID" = "apptheus_$LAUNCHER" ]
-}
-
-# launcher_status NAME: wait for the launcher; its exit status in STATUS
-launcher_status() { eval "wait \$LAUNCHER_$1"; STATUS=$?; }
 
 cleanup() {
   [ -n "$AGENT_PID" ] && kill -KILL "$AGENT_PID" 2>/dev/null
@@ -267,7 +151,7 @@ if start_agent phase1 9091 /metric_gateway; then
   mkfifo "$S/release"
   rm -f "$S/ready"
   start_container busy sh /tests/vm/busy-workload.sh "$S" 5555
-  BUSY=$ID BUSY_CG=$CGROUP BUSY_LAUNCHER=$LAUNCHER
+  BUSY=$ID BUSY_CG=$CG_REPORTED BUSY_LAUNCHER=$LAUNCHER
   start_container idle sleep 600
   IDLE=$ID IDLE_LAUNCHER=$LAUNCHER
   wait_busy busy "$P1/$BUSY"
@@ -376,6 +260,9 @@ echo 0 > "$JOB/memory.swap.max" 2>/dev/null
 echo 16 > "$JOB/pids.max"
 echo "50000 100000" > "$JOB/cpu.max"
 echo 0 > "$JOB/cpuset.cpus"
+# the job's device rule: /dev/full (c 1:7) denied by a cgroup device program on job_42
+got=$(devdeny "$JOB" c 1 7 2>&1)
+check "phase3: a device program denying /dev/full is attached to job_42 (id $got)" "$got" [ -n "$got" -a -z "${got##[0-9]*}" ]
 F0=$FAILED
 if start_agent phase3 9093 /metric_gateway; then
   # the launcher starts inside task_0, as slurmstepd starts a job's task ($! is the launcher)
@@ -383,6 +270,9 @@ if start_agent phase3 9093 /metric_gateway; then
     "$APPTHEUS" exec --socket.path=/run/apptheus/gateway.sock -- sh -c '
     # some CPU time (before the fork bomb below takes every pid the job has)
     for i in 1 2; do timeout 2 md5sum /dev/zero > /dev/null & done; wait
+    # the job denies /dev/full; /dev/null stays allowed
+    ( : > /dev/full ) 2>/dev/null && echo "device=opened" || echo "device=denied"
+    ( : > /dev/null ) 2>/dev/null && echo "null=opened" || echo "null=denied"
     # over the job memory limit: killed by the kernel, as without the agent
     dd if=/dev/zero of=/dev/null bs=128M count=1 2>/dev/null && echo "oom=survived" || echo "oom=status$?"
     # past pids.max (16): forks fail (a failed fork ends the subshell, not this shell)
@@ -399,8 +289,14 @@ if start_agent phase3 9093 /metric_gateway; then
   wait_until 20 grep -qs "^forked=" "$S/job.out"
   got=$(grep "^oom=" "$S/job.out")
   check "phase3: allocating 128 MiB under the job's 64 MiB memory.max is OOM-killed" "$got" [ "$got" != "oom=survived" -a -n "$got" ]
+  got=$(grep "^device=" "$S/job.out")
+  check "phase3: opening the device the job's program denies fails" "$got" [ "$got" = device=denied ]
+  got=$(grep "^null=" "$S/job.out")
+  check "phase3: other devices stay allowed (/dev/null)" "$got" [ "$got" = null=opened ]
   got=$(cat "$JOB/pids.current")
   check "phase3: forking past the job's pids.max stops at 16 (pids.current $got)" "$got" [ "$got" -le 16 ]
+  got=$(awk '$1 == "nr_throttled" { print $2 }' "$JOB/cpu.stat")
+  check "phase3: the job's cpu.max throttles the container's burners (job nr_throttled $got)" "$got" gt "$got" 0
   check "phase3: cpuset of the job applies (launcher on CPU 0 only)" "$(grep Cpus_allowed_list /proc/$JOB_LAUNCHER/status)" \
     eval 'grep -q "Cpus_allowed_list:[[:space:]]*0$" /proc/$JOB_LAUNCHER/status'
   sleep $SETTLE

@@ -1,6 +1,6 @@
-//! The VM end-to-end test as a normal `cargo test` result: runs `cargo xtask vm-test`, which boots
-//! a stock Debian kernel with a pure cgroup v2 hierarchy in qemu and runs the real agent's
-//! end-to-end test there (tests/vm/README.md).
+//! The VM end-to-end tests as normal `cargo test` results: run `cargo xtask vm-test`, which boots
+//! a stock Debian kernel with a pure cgroup v2 hierarchy (or, with `--cgroup v1`, pure v1) in qemu
+//! and runs the real agent's end-to-end test there (tests/vm/README.md).
 //!
 //! A second test checks that the harness explains a lockup of the guest kernel.
 //!
@@ -19,7 +19,18 @@ static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn pure_cgroup_v2_vm() {
-    let Some(out) = xtask_vm_test(&[]) else {
+    vm_test_passes(&[]);
+}
+
+/// The same scenario on pure cgroup v1 (each controller mounted on its own, as RHEL 8 does), plus
+/// Slurm's v1 job tree with its freezer (`guest-test-v1.sh`).
+#[test]
+fn pure_cgroup_v1_vm() {
+    vm_test_passes(&["--cgroup", "v1"]);
+}
+
+fn vm_test_passes(args: &[&str]) {
+    let Some(out) = xtask_vm_test(args) else {
         return;
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -30,7 +41,8 @@ fn pure_cgroup_v2_vm() {
         .unwrap_or("no summary line");
     assert!(
         out.status.success(),
-        "cargo xtask vm-test failed ({}): {summary}; {}; its output is above",
+        "cargo xtask vm-test {} failed ({}): {summary}; {}; its output is above",
+        args.join(" "),
         out.status,
         error_line(&out.stderr)
     );

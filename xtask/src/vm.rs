@@ -45,6 +45,10 @@ pub struct VmArgs {
     /// qemu 7.2 can execute stale kernel code after text patching: tests/vm/README.md, "Lockups").
     #[arg(long, value_enum, default_value_t = TcgThread::Single)]
     tcg_thread: TcgThread,
+    /// The guest's cgroup hierarchies: `v2` (one cgroup2 mount with every controller, as systemd
+    /// sets up) or `v1` (each controller mounted on its own, no unified hierarchy, as RHEL 8).
+    #[arg(long, value_enum, default_value_t = Cgroup::V2)]
+    cgroup: Cgroup,
     /// Stream the guest console (kernel and init messages) and the agent's log.
     #[arg(long, short)]
     verbose: bool,
@@ -59,6 +63,21 @@ pub struct VmArgs {
     /// `cargo xtask vm-test -- cat /sys/fs/cgroup/cgroup.controllers`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cgroup {
+    V1,
+    V2,
+}
+
+impl Cgroup {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cgroup::V1 => "v1",
+            Cgroup::V2 => "v2",
+        }
+    }
 }
 
 pub fn run(args: VmArgs) -> Result<()> {
@@ -110,16 +129,25 @@ fn vm_test(args: VmArgs) -> Result<()> {
     );
     let is_test = args.command.is_empty() && !args.lockup_selftest;
     let hog = work.join("rt-hog");
+    let devdeny = work.join("devdeny");
     let binaries: &[(&Path, &str)] = if args.lockup_selftest {
         compile_static(&workspace.join("tests/vm/rt-hog.c"), &hog)?;
         &[(&hog, "/usr/local/bin/rt-hog")]
+    } else if is_test {
+        // the job's device rule of phase 3 (a cgroup device program, as Slurm and systemd set)
+        compile_static(&workspace.join("tests/vm/devdeny.c"), &devdeny)?;
+        &[(&devdeny, "/usr/local/bin/devdeny")]
     } else {
         &[]
     };
     let command = if args.lockup_selftest {
         "exec /usr/local/bin/rt-hog".to_string()
     } else if is_test {
-        format!("exec sh {}/guest-test.sh", initramfs::GUEST_TESTS)
+        let script = match args.cgroup {
+            Cgroup::V2 => "guest-test.sh",
+            Cgroup::V1 => "guest-test-v1.sh",
+        };
+        format!("exec sh {}/{script}", initramfs::GUEST_TESTS)
     } else {
         format!(
             "exec {}",
@@ -142,6 +170,7 @@ fn vm_test(args: VmArgs) -> Result<()> {
             token: token.clone(),
             ramdisk_mib: RAMDISK_MIB,
             verbose: args.verbose,
+            cgroup: args.cgroup.as_str(),
         },
         &initrd,
     )?;
@@ -155,10 +184,12 @@ fn vm_test(args: VmArgs) -> Result<()> {
         tcg_thread: args.tcg_thread,
         memory_mib: GUEST_MEMORY_MIB,
         cpus: GUEST_CPUS,
+        cgroup_v1: args.cgroup == Cgroup::V1,
     };
     eprintln!(
-        "vm-test: guest kernel {guest} ({}), {}, accel {}, {} MiB, {} CPUs, initramfs {} KiB, agent {}",
+        "vm-test: guest kernel {guest} ({}), cgroup {}, {}, accel {}, {} MiB, {} CPUs, initramfs {} KiB, agent {}",
         kernel.version,
+        args.cgroup.as_str(),
         packages::qemu_version(&qemu_bin),
         match machine.accel {
             Accel::Kvm => "kvm".to_string(),
@@ -350,6 +381,7 @@ fn kernel_symbols(
             token: format!("symbols{}", std::process::id()),
             ramdisk_mib: 0,
             verbose: false,
+            cgroup: "v2",
         },
         &initrd,
     )?;

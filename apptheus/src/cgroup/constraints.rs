@@ -88,11 +88,28 @@ pub fn left_behind(from: &Path, to: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Everything set on the cgroups a move from `from` to `to` leaves, in one hierarchy.
-pub fn dropped_by_move(h: &Hierarchy, from: &Path, to: &Path) -> Vec<Constraint> {
+/// What to look for in [`dropped_by_move`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// Everything (for the warning of `--placement=move`).
+    All,
+    /// Stop at the first thing found (enough for `auto` to nest): the cheap checks go first,
+    /// the scheduler's names (no system call), then the limit files, then cgroup BPF programs.
+    First,
+}
+
+/// Everything set on the cgroups a move from `from` to `to` leaves, in one hierarchy (with
+/// [`Search::First`], at most one thing).
+pub fn dropped_by_move(h: &Hierarchy, from: &Path, to: &Path, search: Search) -> Vec<Constraint> {
     let mut out = Vec::new();
     let left = left_behind(from, to);
-    for dir in left.iter().filter(|d| d.starts_with(&h.mount) && **d != h.mount) {
+    let left: Vec<&PathBuf> = left.iter().filter(|d| d.starts_with(&h.mount) && **d != h.mount).collect();
+    if search == Search::First {
+        if let Some((dir, owner)) = left.iter().find_map(|d| Some((*d, tracked_by(d)?))) {
+            return vec![Constraint { cgroup: dir.clone(), what: owner }];
+        }
+    }
+    for dir in left.iter().copied() {
         let files: &[(&str, Unset)] = match h.version {
             Version::V2 => V2_FILES,
             Version::V1 => V1_FILES,
@@ -109,6 +126,10 @@ pub fn dropped_by_move(h: &Hierarchy, from: &Path, to: &Path) -> Vec<Constraint>
         }
         if let Some(owner) = tracked_by(dir) {
             out.push(Constraint { cgroup: dir.clone(), what: owner });
+        }
+        if search == Search::First && !out.is_empty() {
+            out.truncate(1);
+            return out;
         }
     }
     if h.version == Version::V2 && !left.is_empty() {
@@ -224,7 +245,7 @@ mod tests {
         std::fs::write(job.join("hugetlb.2MB.max"), "0\n").unwrap();
         std::fs::write(job.join("hugetlb.2MB.rsvd.max"), "0\n").unwrap();
         let h = v2(mount);
-        let dropped = dropped_by_move(&h, &task, &mount.join("metric_gateway/starter_1"));
+        let dropped = dropped_by_move(&h, &task, &mount.join("metric_gateway/starter_1"), Search::All);
         let on_job: Vec<&str> = dropped.iter().filter(|c| c.cgroup == job).map(|c| c.what.as_str()).collect();
         assert_eq!(
             on_job,
@@ -240,7 +261,19 @@ mod tests {
         assert!(dropped.iter().any(|c| c.what == "the tracking of systemd unit slurmstepd.scope"));
         assert!(dropped.iter().any(|c| c.what == "the tracking of Slurm step_0"));
         // nothing is dropped by going deeper
-        assert!(dropped_by_move(&h, &task, &task.join("starter_1")).is_empty());
+        assert!(dropped_by_move(&h, &task, &task.join("starter_1"), Search::All).is_empty());
+        // auto needs one reason: the scheduler's name, found without reading a file
+        let first = dropped_by_move(&h, &task, &mount.join("metric_gateway/starter_1"), Search::First);
+        assert_eq!(first.iter().map(|c| c.to_string()).collect::<Vec<_>>().len(), 1);
+        assert_eq!(first[0].what, "the tracking of Slurm step_0");
+        // a limit alone (no scheduler's name) is found too, and stops the search
+        let plain = mount.join("limited/child");
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::write(plain.join("memory.max"), "max\n").unwrap();
+        std::fs::write(mount.join("limited/memory.max"), "1048576\n").unwrap();
+        std::fs::write(mount.join("limited/pids.max"), "10\n").unwrap();
+        let first = dropped_by_move(&h, &plain, &mount.join("metric_gateway/starter_1"), Search::First);
+        assert_eq!(first.iter().map(|c| c.what.as_str()).collect::<Vec<_>>(), vec!["memory.max=1048576"]);
     }
 
     #[test]
@@ -262,7 +295,7 @@ mod tests {
             parent_dir: mount.join("metric_gateway"),
             parent_path: "/metric_gateway".into(),
         };
-        let dropped: Vec<String> = dropped_by_move(&h, &from, &mount.join("metric_gateway/x")).iter().map(|c| c.to_string()).collect();
+        let dropped: Vec<String> = dropped_by_move(&h, &from, &mount.join("metric_gateway/x"), Search::All).iter().map(|c| c.to_string()).collect();
         assert!(dropped.iter().any(|c| c.starts_with("memory.limit_in_bytes=104857600 on ")), "{dropped:?}");
         assert!(!dropped.iter().any(|c| c.contains("soft_limit")), "{dropped:?}");
     }

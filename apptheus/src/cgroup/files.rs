@@ -272,6 +272,12 @@ impl CgroupFiles {
         self.read_keeping(dir, name, Keep::Never)
     }
 
+    /// Like [`CgroupFiles::read`], opening the file for each read: for files whose content the
+    /// kernel keeps per open descriptor (cgroup v1 `cgroup.procs`).
+    pub fn read_reopening(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
+        self.read_keeping(dir, name, Keep::Never)
+    }
+
     /// The key of `dir`/`name`, remembering `dir` the first time.
     fn key(&mut self, dir: &Path, name: &'static str) -> FileKey {
         let i = match self.dirs.iter().position(|d| d.as_os_str() == dir.as_os_str()) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::constraints::{dropped_by_move, Constraint};
+use super::constraints::{dropped_by_move, Constraint, Search};
 use super::files::CgroupFiles;
 use super::layout::{Hierarchy, Layout, Mode, Version, V2_CONTROLLERS};
 use crate::kernfs;
@@ -117,7 +117,8 @@ pub fn decide(layout: &Layout, mode: Placement, origin: &[PathBuf], name: &str) 
         Placement::Auto | Placement::Move => {
             let mut all = Vec::new();
             for (h, from) in layout.hierarchies.iter().zip(origin) {
-                all.extend(dropped_by_move(h, from, &h.parent_dir.join(name)));
+                let search = if mode == Placement::Auto { Search::First } else { Search::All };
+                all.extend(dropped_by_move(h, from, &h.parent_dir.join(name), search));
                 if mode == Placement::Auto && !all.is_empty() {
                     break; // one reason is enough to nest
                 }

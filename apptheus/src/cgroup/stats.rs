@@ -281,8 +281,16 @@ impl Collector for Processes {
         "processes"
     }
     fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
-        let Some(dir) = cg.unified_dir().or_else(|| cg.v1_dir("memory")) else { return Ok(()) };
-        out.processes = read_with(files, dir, "cgroup.procs", |t| kernfs::pid_count(t).map(|n| n as u64))?;
+        let count = |t: &str| kernfs::pid_count(t).map(|n| n as u64);
+        if let Some(dir) = cg.unified_dir() {
+            out.processes = read_with(files, dir, "cgroup.procs", count)?;
+        } else if let Some(dir) = cg.v1_dir("memory") {
+            // v1 keeps the pid list it built for an open descriptor and serves it again to
+            // every read from offset 0 that comes within a second of the last one
+            // (CGROUP_PIDLIST_DESTROY_DELAY): a kept descriptor re-read every sample would see
+            // the first list forever. So v1's is opened afresh each time.
+            out.processes = parsed(dir, "cgroup.procs", files.read_reopening(dir, "cgroup.procs"), count)?;
+        }
         Ok(())
     }
 }
@@ -557,5 +565,54 @@ mod tests {
         assert_eq!(errors[0].0, "cpu");
         assert!(errors[0].1.to_string().contains("cpu.stat"), "{}", errors[0].1);
         assert_eq!(s.pids.current, Some(3));
+    }
+
+    /// On a real v1 hierarchy, a process that exits leaves the count at once, however often the
+    /// cgroup is sampled (a kept descriptor would serve the first pid list again: pure-v1 VM
+    /// test, 2026-12-04). The cgroup is made below this process's own; skipped without root or
+    /// a v1 memory hierarchy, unless APPTHEUS_REQUIRE_PRIVILEGED=1.
+    #[test]
+    fn v1_process_count_follows_exits_between_close_samples() {
+        let required = std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let own = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls.split(',').any(|c| c == "memory").then(|| path.to_string())
+        });
+        let mount = Path::new("/sys/fs/cgroup/memory");
+        let (true, Some(own)) = (unsafe { libc::geteuid() } == 0 && mount.join("cgroup.procs").exists(), own) else {
+            assert!(!required, "needs root and a v1 memory hierarchy, and APPTHEUS_REQUIRE_PRIVILEGED=1");
+            eprintln!("SKIP v1_process_count_follows_exits_between_close_samples: not root or no v1 memory hierarchy");
+            return;
+        };
+        let dir = mount.join(own.trim_start_matches('/')).join(format!("procs-count-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let layout = Layout {
+            mode: Mode::V1,
+            hierarchies: vec![Hierarchy {
+                version: Version::V1,
+                controllers: vec!["memory".into()],
+                mount: mount.to_path_buf(),
+                own_dir: dir.parent().unwrap().to_path_buf(),
+                parent_dir: dir.parent().unwrap().to_path_buf(),
+                parent_path: own.clone(),
+            }],
+        };
+        let cg = ContainerCgroup::from_dirs(&layout, &[(0, dir.clone())]);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let moved = std::fs::write(dir.join("cgroup.procs"), child.id().to_string());
+        // descriptors to keep, as the agent has: every file read each sample may stay open
+        static BUDGET: crate::cgroup::files::DescriptorBudget = crate::cgroup::files::DescriptorBudget::new(16);
+        let mut files = CgroupFiles::with_budget(&BUDGET);
+        let collectors: Vec<Box<dyn Collector>> = vec![Box::new(Processes)];
+        let before = sample(&collectors, &cg, &mut files).0.processes;
+        let _ = child.kill();
+        let _ = child.wait();
+        let after = sample(&collectors, &cg, &mut files).0.processes;
+        let _ = std::fs::remove_dir(&dir);
+        moved.unwrap();
+        assert_eq!(before, Some(1));
+        assert_eq!(after, Some(0), "the count still lists the exited sleep");
     }
 }

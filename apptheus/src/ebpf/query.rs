@@ -96,11 +96,12 @@ pub fn programs_at(dir: &Path, attach_type: u32, effective: bool) -> Option<Atta
 }
 
 /// An ancestor of `dir` with a program of `attach_type` that a program attached at `dir` would
-/// override: one attached without `BPF_F_ALLOW_MULTI`. (Directories above the cgroup mount
-/// answer no query and are passed over.)
+/// override: one attached without `BPF_F_ALLOW_MULTI`.
 pub fn overridable_ancestor(dir: &Path, attach_type: u32) -> Option<std::path::PathBuf> {
-    dir.ancestors().skip(1).find_map(|d| {
-        let at = programs_at(d, attach_type, false)?;
-        (!at.ids.is_empty() && at.flags & BPF_F_ALLOW_MULTI == 0).then(|| d.to_path_buf())
-    })
+    // The walk ends at the root of the hierarchy: above it, the query fails (not a cgroup).
+    dir.ancestors()
+        .skip(1)
+        .map_while(|d| Some((d, programs_at(d, attach_type, false)?)))
+        .find(|(_, at)| !at.ids.is_empty() && at.flags & BPF_F_ALLOW_MULTI == 0)
+        .map(|(d, _)| d.to_path_buf())
 }

@@ -23,7 +23,11 @@ use super::http::{self, Conn};
 use super::sys;
 
 /// Entry point of a re-executed launcher.
-pub fn client_main(socket: &Path) -> Result<()> {
+pub fn client_main(socket: &Path, cgroups: Option<&str>) -> Result<()> {
+    for dir in cgroups.into_iter().flat_map(|d| d.split(':')).filter(|d| !d.is_empty()) {
+        let procs = Path::new(dir).join("cgroup.procs");
+        std::fs::write(&procs, std::process::id().to_string()).with_context(|| format!("moving into {}", procs.display()))?;
+    }
     let mut stdin = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
@@ -107,6 +111,8 @@ pub struct PlacementRun {
     pub scrape_ms: Vec<f64>,
     pub bursts: usize,
     pub burst: usize,
+    /// Bursts placed before the counted ones (the profiled one).
+    pub extra_bursts: usize,
     /// Per burst: agent CPU seconds from release to the last ack, and that wall time.
     pub burst_cpu_wall: Vec<(f64, f64)>,
     pub profile: Option<String>,
@@ -115,7 +121,39 @@ pub struct PlacementRun {
     pub floor_unified_ms: Vec<f64>,
 }
 
-pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profile: bool, tmp: &Path) -> Result<PlacementRun> {
+/// A Slurm-like job cgroup (`job_<pid>`) below the harness's own cgroup in each hierarchy the
+/// agent uses: its name makes the default placement nest containers started in it.
+pub struct JobCgroups {
+    /// One directory per mount, hierarchy name first (cpu and cpuacct may share one).
+    pub dirs: Vec<(String, std::path::PathBuf)>,
+}
+
+impl JobCgroups {
+    pub fn create() -> Result<JobCgroups> {
+        let hier = sys::Hierarchies::detect()?;
+        let mut dirs: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for (name, own) in hier.own_dirs(std::process::id())? {
+            let dir = own.join(format!("job_{}", std::process::id()));
+            if dirs.iter().any(|(_, d)| *d == dir) {
+                continue;
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            dirs.push((name, dir));
+        }
+        Ok(JobCgroups { dirs })
+    }
+
+    fn joined(&self) -> String {
+        self.dirs.iter().map(|(_, d)| d.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+    }
+
+    /// Removes the job cgroups (what the agent nested in them is gone by now); problems, if any.
+    pub fn remove(&self) -> Vec<String> {
+        self.dirs.iter().flat_map(|(_, d)| sys::rmdir_cgroup_tree(d)).collect()
+    }
+}
+
+pub fn run(agent: &Agent, client_bin: &Path, job: &JobCgroups, bursts: usize, burst: usize, profile: bool, tmp: &Path) -> Result<PlacementRun> {
     let mut profile_text = None;
     let exe_name = client_bin.file_name().unwrap().to_string_lossy().into_owned();
     let mut clients = Clients(Vec::new());
@@ -123,15 +161,19 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
     let mut refused = Vec::new();
     let mut scrape_ms = Vec::new();
     let mut burst_cpu_wall = Vec::new();
-    for b in 0..bursts {
+    // When a profile is asked for, an extra burst comes first and is profiled: `perf record`
+    // slows the agent, so that burst is left out of every figure.
+    let extra = usize::from(profile);
+    for b in 0..bursts + extra {
         sys::check_interrupt()?;
         let first = clients.0.len();
-        // The first burst (never polled) is profiled if asked: placement alone.
-        let profiler = if b == 0 && profile { super::Profiler::start(agent.pid, tmp, "placement", true).ok() } else { None };
+        let profiled = b < extra;
+        let profiler = if profiled { super::Profiler::start(agent.pid, tmp, "placement", true).ok() } else { None };
         for _ in 0..burst {
             let mut child = Command::new(client_bin)
                 .arg("bench")
                 .arg(format!("--internal-client={}", agent.socket.display()))
+                .arg(format!("--internal-client-cgroups={}", job.joined()))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -159,7 +201,7 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
         // Every other burst, poll /metrics back to back (in a thread, while the acks are read)
         // until every container of the burst has a series (or 10 s). The other bursts are not
         // polled, so their connect → ack has no scrape competing with placement.
-        let polled = b % 2 == 1;
+        let polled = !profiled && (b - extra) % 2 == 1;
         let ids: Vec<String> = clients.0[first..].iter().map(|c| c.id.clone()).collect();
         let port = agent.port;
         let poller = polled.then(|| std::thread::spawn(move || poll_visible(port, &ids)));
@@ -174,7 +216,7 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
         if let Some(p) = profiler {
             profile_text = Some(p.finish().unwrap_or_else(|e| format!("(no profile: {e:#})")));
         }
-        if !polled {
+        if !polled && !profiled {
             burst_cpu_wall.push((cpu1 - cpu0, last_ack.saturating_sub(released) as f64 / 1e9));
         }
         let seen = match poller {
@@ -195,6 +237,9 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
                 refused.push(format!("{}: {}", c.id, l.trim()));
                 continue;
             }
+            if profiled {
+                continue;
+            }
             placed.push(Placed {
                 polled,
                 connect_to_ack_ns: t2 - t0,
@@ -202,7 +247,7 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
                 ack_to_visible_lower_ns: seen[i].map(|(s, _)| s as i64 - t2 as i64),
             });
         }
-        eprintln!("bench: placement burst {}/{bursts}: {} containers", b + 1, clients.0.len());
+        eprintln!("bench: placement burst {}/{}: {} containers{}", b + 1, bursts + extra, clients.0.len(), if profiled { " (profiled, not counted)" } else { "" });
         // Let the burst settle before the next one.
         sys::sleep(Duration::from_millis(1000))?;
     }
@@ -212,6 +257,7 @@ pub fn run(agent: &Agent, client_bin: &Path, bursts: usize, burst: usize, profil
         scrape_ms,
         bursts,
         burst,
+        extra_bursts: extra,
         burst_cpu_wall,
         profile: profile_text,
         floor_ms: Vec::new(),
@@ -264,23 +310,14 @@ fn sampled_names(text: &str) -> std::collections::HashSet<String> {
 /// `cgroup_mutex` and the thread-group rwsem whoever makes them, so a burst's last launcher
 /// cannot be acked before this much time. Returns each burst's total in ms; `unified_only`
 /// does it in the cgroup2 hierarchy alone (what a pure-v2 host needs).
-pub fn kernel_floor(bursts: usize, burst: usize, unified_only: bool) -> Result<Vec<f64>> {
-    let hier = sys::Hierarchies::detect()?;
-    let own = hier.own_dirs(std::process::id())?;
-    // One directory per mount (cpu and cpuacct may share one), below the harness's own cgroup.
-    let mut parents: Vec<std::path::PathBuf> = Vec::new();
-    for (name, dir) in &own {
-        if unified_only && name != sys::UNIFIED {
-            continue;
-        }
-        let p = dir.join(format!("apptheus-bench-floor-{}", std::process::id()));
-        if !parents.contains(&p) {
-            parents.push(p);
-        }
-    }
-    for p in &parents {
-        std::fs::create_dir_all(p).with_context(|| format!("mkdir {}", p.display()))?;
-    }
+pub fn kernel_floor(job: &JobCgroups, bursts: usize, burst: usize, unified_only: bool) -> Result<Vec<f64>> {
+    // The job's directories, as the agent nests in them: one per mount.
+    let parents: Vec<std::path::PathBuf> = job
+        .dirs
+        .iter()
+        .filter(|(name, _)| !unified_only || name == sys::UNIFIED)
+        .map(|(_, d)| d.clone())
+        .collect();
     let mut totals = Vec::new();
     let result = (|| -> Result<()> {
         for _ in 0..bursts {
@@ -304,15 +341,12 @@ pub fn kernel_floor(bursts: usize, burst: usize, unified_only: bool) -> Result<V
             drop(sleepers);
             for pid in &pids {
                 for p in &parents {
-                    let _ = std::fs::remove_dir(p.join(pid.to_string()));
+                    let _ = sys::rmdir_cgroup_tree(&p.join(pid.to_string()));
                 }
             }
         }
         Ok(())
     })();
-    for p in &parents {
-        let _ = sys::rmdir_cgroup_tree(p);
-    }
     result.map(|()| totals)
 }
 

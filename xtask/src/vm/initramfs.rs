@@ -1,6 +1,6 @@
 //! The guest's root filesystem: busybox with all its applets, the agent and its shared libraries,
 //! the guest scripts from tests/vm/, brd.ko (decompressed here: busybox insmod cannot), and the
-//! init program that mounts the pure cgroup v2 hierarchy and runs the command.
+//! init program that mounts the cgroup hierarchies (pure v2, or pure v1) and runs the command.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,6 +28,8 @@ pub struct Spec<'a> {
     pub token: String,
     pub ramdisk_mib: u32,
     pub verbose: bool,
+    /// The cgroup hierarchies init mounts: "v2" (one cgroup2) or "v1" (each controller apart).
+    pub cgroup: &'a str,
 }
 
 pub fn build(spec: &Spec, out: &Path) -> Result<()> {
@@ -80,10 +82,11 @@ pub fn build(spec: &Spec, out: &Path) -> Result<()> {
         "etc/vm-test.conf",
         0o644,
         format!(
-            "TOKEN={}\nRAMDISK_MB={}\nVERBOSE={}\nAPPTHEUS={GUEST_AGENT}\n",
+            "TOKEN={}\nRAMDISK_MB={}\nVERBOSE={}\nAPPTHEUS={GUEST_AGENT}\nCGROUP={}\n",
             spec.token,
             spec.ramdisk_mib,
-            u8::from(spec.verbose)
+            u8::from(spec.verbose),
+            spec.cgroup
         ),
     );
     a.file("etc/vm-test.cmd", 0o644, format!("{}\n", spec.command));

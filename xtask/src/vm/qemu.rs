@@ -78,7 +78,7 @@ pub enum TcgThread {
 /// the console log level before the command, so that backtraces reach the console), no reboot loop.
 const KERNEL_ARGS: &str =
     "console=ttyS0 earlyprintk=serial,ttyS0 quiet loglevel=4 panic=-1 oops=panic \
-     cgroup_no_v1=all psi=1 rdinit=/init random.trust_cpu=on tsc=reliable no_timer_check \
+     psi=1 rdinit=/init random.trust_cpu=on tsc=reliable no_timer_check \
      i8042.noaux i8042.nokbd mitigations=off";
 
 pub struct Machine<'a> {
@@ -89,6 +89,8 @@ pub struct Machine<'a> {
     pub tcg_thread: TcgThread,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Leave the v1 controllers mountable (the guest's init mounts them instead of cgroup2).
+    pub cgroup_v1: bool,
 }
 
 /// Receives the lines of one serial port (without the line end), on its own thread.
@@ -149,7 +151,12 @@ pub fn run(machine: &Machine, ports: Ports, alarm: &Alarm, timeout: Duration) ->
         .arg("-initrd")
         .arg(machine.initrd)
         .arg("-append")
-        .arg(format!("{KERNEL_ARGS} {}", lockup::KERNEL_ARGS));
+        .arg(format!(
+            "{KERNEL_ARGS} {} {}",
+            // pure v2 keeps the v1 controllers from being mounted at all, as systemd distributions do
+            if machine.cgroup_v1 { "" } else { "cgroup_no_v1=all" },
+            lockup::KERNEL_ARGS
+        ));
     for (i, name) in names[..3].iter().enumerate() {
         // The console (s0) is muxed so that `Ctrl-A b` sent to it is a serial break (sysrq).
         let mux = if i == 0 { ",mux=on" } else { "" };
