@@ -17,6 +17,7 @@
 #   freezer cgroup, thaw) ends it.
 
 . /tests/vm/lib.sh
+mkdir -p /run/apptheus
 # the hierarchies the agent places containers in, and those it must leave alone
 PLACED="cpu,cpuacct memory pids blkio"
 UNTOUCHED="cpuset devices freezer"
@@ -270,6 +271,14 @@ if start_agent phase3 9093 /metric_gateway; then
   got=$(awk '$1 == "nr_throttled" { print $2 }' "$CG/cpu,cpuacct$JOB/cpu.stat")
   check "phase3: the job's cpu.cfs_quota_us throttles the container's burners (job nr_throttled $got)" "$got" gt "$got" 0
 
+  # the freezer: the agent never moved anything in it, so freezing the job stops every process
+  echo FROZEN > "$CG/freezer$JOB/freezer.state"
+  check "phase3: the job's freezer reaches FROZEN" "$(cat "$CG/freezer$JOB/freezer.state")" \
+    wait_until 10 eval '[ "$(cat "$CG/freezer$JOB/freezer.state")" = FROZEN ]'
+  got=$(for p in $(cat "$CG/memory$NESTED/cgroup.procs"); do grep -qx "$p" "$CG/freezer$TASK/cgroup.procs" || echo "$p"; done | tr '\n' ' ')
+  check "phase3: every process of the container is in the job's freezer cgroup" "not there: $got" [ -z "$got" ]
+  # the figures are compared while the job is frozen: the heartbeat forks a process every
+  # 0.2 s, so a running container changes between the sample and the read of the kernel files
   sleep $SETTLE
   scrape 9093 || fail "phase3: scrape /metrics" "wget failed"
   sel="name=\"$ID\""
@@ -284,12 +293,6 @@ if start_agent phase3 9093 /metric_gateway; then
   got=$(value container_processes "$sel"); want=$(nprocs "$CG/pids$NESTED")
   check "phase3: processes = the nested cgroup.procs ($want)" "$got" eq "$got" "$want"
 
-  # the freezer: the agent never moved anything in it, so freezing the job stops every process
-  echo FROZEN > "$CG/freezer$JOB/freezer.state"
-  check "phase3: the job's freezer reaches FROZEN" "$(cat "$CG/freezer$JOB/freezer.state")" \
-    wait_until 10 eval '[ "$(cat "$CG/freezer$JOB/freezer.state")" = FROZEN ]'
-  got=$(for p in $(cat "$CG/memory$NESTED/cgroup.procs"); do grep -qx "$p" "$CG/freezer$TASK/cgroup.procs" || echo "$p"; done | tr '\n' ' ')
-  check "phase3: every process of the container is in the job's freezer cgroup" "not there: $got" [ -z "$got" ]
   t1=$(cat "$S/tick"); sleep 1; t2=$(cat "$S/tick")
   check "phase3: the frozen container makes no progress (heartbeat $t1 -> $t2)" "$t1 -> $t2" [ "$t1" = "$t2" ]
   echo THAWED > "$CG/freezer$JOB/freezer.state"

@@ -14,6 +14,7 @@
 # script ends with the counts and exits 1 if anything failed.
 
 . /tests/vm/lib.sh
+mkdir -p /run/apptheus
 CONTROLLERS="cpu io memory pids"
 
 # --- the kernel's view ------------------------------------------------------------------------
