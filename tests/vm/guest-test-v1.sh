@@ -170,17 +170,7 @@ if start_agent phase1 9091 /metric_gateway; then
   check "phase1: the ended container's cpu counter, if still exported, did not go backwards" "$got" \
     eval '[ "$got" = none ] || ge "$got" "$BUSY_CPU"'
 
-  start_container status sh -c 'exit 7'
-  launcher_status status; got=$STATUS
-  check "phase1: launcher exits with its command's status (7)" "$got" [ "$got" = 7 ]
-  mkdir -p /tmp/untrusted && cp "$APPTHEUS" /tmp/untrusted/apptheus
-  /tmp/untrusted/apptheus exec --socket.path=/run/apptheus/gateway.sock -- true > "$S/untrusted.out" 2>&1
-  got=$?
-  check "phase1: an untrusted launcher is refused (exit 125)" "$got: $(head -c 200 "$S/untrusted.out")" [ "$got" = 125 ]
-  no_containers_left() { ! ls "$CG/memory/metric_gateway" 2>/dev/null | grep -q '^apptheus_'; }
-  wait_until 10 no_containers_left
-  got=$(ls "$CG/memory/metric_gateway" 2>/dev/null | grep '^apptheus_' | tr '\n' ' ')
-  check "phase1: no container cgroup left in /metric_gateway" "$got" [ -z "$got" ]
+  check_status_and_trust phase1 "$CG/memory/metric_gateway"
 fi
 stop_agent phase1 "$F0"
 

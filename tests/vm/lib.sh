@@ -121,3 +121,19 @@ start_container() {
 
 # launcher_status NAME: wait for the launcher; its exit status in STATUS
 launcher_status() { eval "wait \$LAUNCHER_$1"; STATUS=$?; }
+
+# check_status_and_trust PHASE PARENT_DIR: a launcher exits with its command's status, an
+# untrusted copy of the launcher is refused, and no container cgroup is left in PARENT_DIR
+check_status_and_trust() {
+  local phase=$1 parent=$2 got
+  start_container status sh -c 'exit 7'
+  launcher_status status; got=$STATUS
+  check "$phase: launcher exits with its command's status (7)" "$got" [ "$got" = 7 ]
+  mkdir -p /tmp/untrusted && cp "$APPTHEUS" /tmp/untrusted/apptheus
+  /tmp/untrusted/apptheus exec --socket.path=/run/apptheus/gateway.sock -- true > "$S/untrusted.out" 2>&1
+  got=$?
+  check "$phase: an untrusted launcher is refused (exit 125)" "$got: $(head -c 200 "$S/untrusted.out")" [ "$got" = 125 ]
+  wait_until 10 eval '! ls "$parent" 2>/dev/null | grep -q "^apptheus_"'
+  got=$(ls "$parent" 2>/dev/null | grep '^apptheus_' | tr '\n' ' ')
+  check "$phase: no container cgroup left in ${parent#$CG}" "$got" [ -z "$got" ]
+}
