@@ -266,15 +266,10 @@ impl CgroupFiles {
         self.read_keeping(dir, name, Keep::Always)
     }
 
-    /// Like [`CgroupFiles::read`] for a file read now and then only, which is not worth a kept
-    /// descriptor.
+    /// Like [`CgroupFiles::read`], opening the file for each read: for a file read now and then
+    /// only, which is not worth a kept descriptor, and for one whose content the kernel keeps per
+    /// open descriptor (cgroup v1 `cgroup.procs`).
     pub fn read_rarely(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
-        self.read_keeping(dir, name, Keep::Never)
-    }
-
-    /// Like [`CgroupFiles::read`], opening the file for each read: for files whose content the
-    /// kernel keeps per open descriptor (cgroup v1 `cgroup.procs`).
-    pub fn read_reopening(&mut self, dir: &Path, name: &'static str) -> io::Result<Option<&str>> {
         self.read_keeping(dir, name, Keep::Never)
     }
 

@@ -289,7 +289,7 @@ impl Collector for Processes {
             // every read from offset 0 that comes within a second of the last one
             // (CGROUP_PIDLIST_DESTROY_DELAY): a kept descriptor re-read every sample would see
             // the first list forever. So v1's is opened afresh each time.
-            out.processes = parsed(dir, "cgroup.procs", files.read_reopening(dir, "cgroup.procs"), count)?;
+            out.processes = parsed(dir, "cgroup.procs", files.read_rarely(dir, "cgroup.procs"), count)?;
         }
         Ok(())
     }
