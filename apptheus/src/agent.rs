@@ -140,7 +140,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         })
     };
 
+    crate::service_manager::ready(&format!("{} containers adopted; serving", adopted.len()));
+    if let Some(period) = crate::service_manager::watchdog_period() {
+        let watched = agent.clone();
+        tokio::spawn(crate::service_manager::feed_watchdog(period, agent.shutdown.clone(), move || {
+            let agent = watched.clone();
+            async move { agent.monitor.answers().await }
+        }));
+    }
+
     wait_for_signal().await?;
+    crate::service_manager::stopping();
     tracing::info!("shutting down: no new launchers; running containers keep running");
     agent.shutdown.cancel();
     agent.monitor.stop();

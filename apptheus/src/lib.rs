@@ -12,6 +12,7 @@
 //! - [`monitor`]: the per-container sampling task
 //! - [`http`]: the metrics endpoint
 //! - [`exec`]: our own launcher, `apptheus exec`
+//! - [`service_manager`]: readiness and watchdog notifications to systemd
 //! - [`agent`]: wiring and lifecycle of the daemon
 
 pub mod agent;
@@ -33,6 +34,7 @@ pub mod monitor;
 pub mod persistence;
 pub mod proctree;
 pub mod recovery;
+pub mod service_manager;
 pub mod store;
 pub mod telemetry;
 pub mod trust;

@@ -29,6 +29,8 @@ enum Command {
     Watch { id: String, cg: ContainerCgroup, ebpf_id: Option<u64> },
     /// Stop sampling; running containers keep running and their cgroups stay.
     Stop,
+    /// Answer at once: proof that the thread is not stuck (the systemd watchdog).
+    Ping(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Monitor {
@@ -46,6 +48,12 @@ impl Monitor {
             // start.
             tracing::warn!("sampling has stopped; container not monitored");
         }
+    }
+
+    /// True once the sampling thread has answered; false if it has ended.
+    pub async fn answers(&self) -> bool {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue.send(Command::Ping(reply)).is_ok() && answer.await.is_ok()
     }
 
     /// Ask the sampling thread to end (it does at once, between two samples).
@@ -102,12 +110,16 @@ impl Sampler {
             };
             match command {
                 Ok(Command::Watch { id, cg, ebpf_id }) => self.add(id, cg, ebpf_id),
+                Ok(Command::Ping(reply)) => {
+                    let _ = reply.send(());
+                }
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if self.agent.shutdown.is_cancelled() {
                 return;
             }
+            crate::faults::point("monitor::pass");
             self.sample_due(Instant::now());
         }
     }

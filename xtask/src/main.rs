@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod dist;
 mod ebpf;
 mod fuzz;
 mod soak;
@@ -20,6 +21,8 @@ struct Cli {
 enum Task {
     /// Benchmarks side by side (issue 6): sampling vs a raw floor, scrape vs Pushgateway, placement, eBPF; writes bench/RESULTS.md.
     Bench(bench::BenchArgs),
+    /// The .deb, .rpm and tar.gz admins install (target/dist/); `--lint` checks them with lintian and rpmlint.
+    Dist(dist::DistArgs),
     /// Install the eBPF toolchain if missing and build the eBPF object.
     BuildEbpf(ebpf::BuildArgs),
     /// Boot a stock Debian kernel with pure cgroup v2 in qemu and run the agent's end-to-end test there.
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bench(args) => bench::run(args),
         Task::BuildEbpf(args) => ebpf::build(args),
+        Task::Dist(args) => dist::run(args),
         Task::VmTest(args) => vm::run(args),
         Task::Test(args) => test::run(args),
         Task::Soak(args) => soak::run(args),
