@@ -107,7 +107,9 @@ fn generate_docs(dir: &Path) -> Result<()> {
         .find_subcommand("exec")
         .context("the agent has no exec subcommand")?
         .clone()
-        .name("apptheus-exec");
+        .name("apptheus-exec")
+        // the synopsis shows how it is typed
+        .bin_name("apptheus exec");
     let mut page = Vec::new();
     man(agent.clone(), "8", &mut page)?;
     page.extend_from_slice(AGENT_PAGE_TAIL.as_bytes());
