@@ -306,6 +306,7 @@ fn start_up_errors_are_one_line_and_leave_nothing() {
         ("--monitor.interval=5x", "5x"),
         ("--trust.path=/nonexistent/starter", "/nonexistent/starter"),
         ("--log.level=loud", "loud"),
+        ("--metrics.disable=pressure,cpus", "known groups: cpu, memory, io, pressure, processes, network, sched, legacy"),
     ] {
         let (code, err) = run(&base(extra));
         assert_ne!(code, Some(0), "{extra}");
@@ -476,4 +477,60 @@ fn a_trusted_binary_replaced_at_its_path_is_refused() {
         std::fs::copy(BIN, &new).unwrap();
         std::fs::rename(&new, p).unwrap();
     });
+}
+
+/// `--metrics.disable`: the families of the named groups are gone from the scrape (HELP and
+/// TYPE too), every other group stays, and the series the new spec and peak families carry are
+/// the kernel's (this host: hybrid, so v1 files).
+#[test]
+fn disabled_metric_groups_are_not_exported() {
+    if !privileged("disabled_metric_groups_are_not_exported") {
+        return;
+    }
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).map(str::to_string).collect()
+    };
+    let mut all = Agent::start();
+    let mut launcher = all.exec(&["sleep", "30"]);
+    let id = id_of(&launcher);
+    let full = wait_for(Duration::from_secs(10), "the container's first sample", || {
+        let text = all.scrape_text();
+        text.contains(&format!("container_processes{{name=\"{id}\"")).then_some(text)
+    });
+    // The peak is read like a rare counter (every sample only while it moves, else every 10th):
+    // its first reading, at placement, may predate the launcher's first page.
+    for family in ["container_memory_max_usage_bytes", "container_spec_cpu_period", "container_spec_cpu_shares"] {
+        wait_for(Duration::from_secs(10), &format!("{family} > 0 for {id}"), || {
+            all.scrape().one(family, &[("name", &id)]).is_some_and(|v| v > 0.0).then_some(())
+        });
+    }
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+
+    let mut some = Agent::start_with(AgentOptions { extra: vec!["--metrics.disable=pressure,sched,legacy".into()], ..Default::default() });
+    let mut launcher = some.exec(&["sleep", "30"]);
+    let id = id_of(&launcher);
+    let text = wait_for(Duration::from_secs(10), "the container's first sample", || {
+        let text = some.scrape_text();
+        text.contains(&format!("container_processes{{name=\"{id}\"")).then_some(text)
+    });
+    let (before, after) = (names(&full), names(&text));
+    let gone: Vec<&String> = before.difference(&after).collect();
+    assert!(!gone.is_empty());
+    for name in &gone {
+        assert!(
+            name.starts_with("container_pressure_")
+                || ["container_context_switches_total", "container_runqueue_latency_seconds"].contains(&name.as_str())
+                || !name.starts_with("container_") && !name.starts_with("apptheus_") && !name.starts_with("process_"),
+            "{name} disappeared but is in no disabled group"
+        );
+    }
+    for kept in ["container_cpu_usage_seconds_total", "container_memory_usage_bytes", "container_processes", "container_start_time_seconds"] {
+        assert!(after.contains(kept), "{kept} missing with pressure,sched,legacy disabled");
+    }
+    for dropped in ["cpu_usage_per", "memory_usage", "container_pressure_cpu_waiting_seconds_total"] {
+        assert!(before.contains(dropped) && !after.contains(dropped), "{dropped}: before {}, after {}", before.contains(dropped), after.contains(dropped));
+    }
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
 }

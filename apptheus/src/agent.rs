@@ -12,6 +12,7 @@ use crate::cgroup_labels::CgroupLabels;
 use crate::cli::{split_trust_paths, AgentArgs};
 use crate::duration::format_duration;
 use crate::ebpf::{Ebpf, EbpfOptions};
+use crate::exposition::{Disabled, Group};
 use crate::gateway::Socket;
 use crate::monitor::{self, Monitor};
 use crate::{persistence, recovery};
@@ -85,12 +86,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         ebpf.attach_network_programs_to(&unified.parent_dir);
     }
     crate::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
-    let telemetry = Telemetry::new(store.clone(), args.metrics_legacy).context("registering metrics")?;
+    let disabled = Disabled::new(&args.metrics_disable);
+    let telemetry = Telemetry::new(store.clone(), args.metrics_legacy, &disabled).context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
     telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs(), args.ebpf_max_containers);
     let (monitor, sampler_queue) = Monitor::new();
     let agent = Arc::new(Agent {
-        collectors: cgroup::collectors_for(&layout),
+        collectors: cgroup::collectors_for(&layout, &sources_needed(&disabled, args.metrics_legacy)),
         layout,
         store,
         telemetry,
@@ -168,6 +170,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     remove_parents(&agent.layout);
     Ok(())
+}
+
+/// The cgroup files worth reading given the exported groups (legacy `blkio_*` needs I/O too).
+fn sources_needed(disabled: &Disabled, legacy: bool) -> cgroup::Sources {
+    let legacy = legacy && !disabled.has(Group::Legacy);
+    cgroup::Sources {
+        pressure: !disabled.has(Group::Pressure),
+        io: !disabled.has(Group::Io) || legacy,
+        cpuset: !disabled.has(Group::Cpu),
+    }
 }
 
 /// Remove `--cgroup.parent` in every hierarchy if no container is left in it (a live one keeps

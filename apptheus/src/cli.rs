@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::cgroup::Placement;
+use crate::exposition::Group;
 use crate::duration::parse_duration;
 
 pub const DEFAULT_SOCKET: &str = "/run/apptheus/gateway.sock";
@@ -124,6 +125,12 @@ pub struct AgentArgs {
     #[arg(long = "metrics.legacy", value_name = "BOOL", default_value_t = true, action = ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub metrics_legacy: bool,
+
+    /// Metric groups not to export, comma-separated: cpu, memory, io, pressure, processes,
+    /// network, sched, legacy (README, "Choosing what to export"). The cgroup files only a
+    /// disabled group needs are not read.
+    #[arg(long = "metrics.disable", value_name = "GROUPS", value_delimiter = ',', value_parser = Group::parse)]
+    pub metrics_disable: Vec<Group>,
 
     /// Do not load the eBPF programs (cgroup metrics only).
     #[arg(long = "ebpf.disable")]
@@ -249,6 +256,14 @@ mod tests {
         assert!(parse(&["--web.telemetry-path=metrics"]).is_err());
         assert!(parse(&["--log.level=loud"]).is_err());
         assert!(parse(&["--placement=elsewhere"]).is_err());
+        assert!(parse(&["--metrics.disable=cpu,cpus"]).is_err());
+    }
+
+    #[test]
+    fn metric_groups_can_be_disabled() {
+        assert!(parse(&[]).unwrap().agent.metrics_disable.is_empty());
+        let a = parse(&["--metrics.disable=sched,legacy", "--metrics.disable", "pressure"]).unwrap().agent;
+        assert_eq!(a.metrics_disable, vec![Group::Sched, Group::Legacy, Group::Pressure]);
     }
 
     #[test]

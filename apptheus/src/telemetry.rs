@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::exposition::Exposition;
+use crate::exposition::{Disabled, Exposition};
 use crate::store::Store;
 
 pub struct Telemetry {
@@ -33,7 +33,7 @@ pub const RESULT_REFUSED: &str = "refused";
 pub const RESULT_FAILED: &str = "failed";
 
 impl Telemetry {
-    pub fn new(store: Arc<Store>, legacy: bool) -> prometheus::Result<Telemetry> {
+    pub fn new(store: Arc<Store>, legacy: bool, disabled: &Disabled) -> prometheus::Result<Telemetry> {
         let registry = Registry::new();
         let build_info = IntGauge::with_opts(
             Opts::new("apptheus_build_info", "A metric with a constant '1' value labeled by version and rustc target.")
@@ -88,7 +88,7 @@ impl Telemetry {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Telemetry {
             registry,
-            exposition: Exposition::new(store, legacy),
+            exposition: Exposition::without(store, legacy, disabled),
             connections,
             containers,
             sample_duration,

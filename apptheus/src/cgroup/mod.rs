@@ -12,4 +12,4 @@ pub use files::{set_open_file_budget, CgroupFiles, ContainerDescriptors, DESCRIP
 pub use layout::{Hierarchy, Layout, Mode, Version};
 pub use placement::{decide, prepare_parent, AttachError, ContainerCgroup, Decision, Placement, AGENT_LEAF, NESTED_MARK};
 pub use sample::{CpuStats, DeviceIo, MemoryStats, PidStats, PressureStats, Sample, Timed};
-pub use stats::{collectors_for, sample, CollectError, Collector};
+pub use stats::{collectors_for, sample, CollectError, Collector, Sources};

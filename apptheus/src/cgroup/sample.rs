@@ -29,11 +29,20 @@ pub struct CpuStats {
     pub periods: Option<u64>,
     pub throttled_periods: Option<u64>,
     pub throttled_ns: Option<u64>,
+    /// CFS bandwidth: CPU time allowed per period (v2 `cpu.max`, v1 `cpu.cfs_quota_us`).
+    pub quota_us: Option<Limit>,
+    pub period_us: Option<u64>,
+    /// v1 `cpu.shares`, or v2 `cpu.weight` mapped to shares as cAdvisor does.
+    pub shares: Option<u64>,
+    /// CPUs in the effective cpuset (v2: of the nearest cgroup that has one).
+    pub cpuset_cpus: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct MemoryStats {
     pub usage_bytes: Option<u64>,
+    /// The highest usage recorded (v2 `memory.peak`, v1 `max_usage_in_bytes`).
+    pub max_usage_bytes: Option<u64>,
     /// Usage minus inactive file pages: what the kernel cannot easily reclaim (cAdvisor's definition).
     pub working_set_bytes: Option<u64>,
     pub rss_bytes: Option<u64>,

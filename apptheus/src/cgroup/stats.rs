@@ -27,25 +27,46 @@ pub enum CollectError {
     Parse { path: PathBuf, err: ParseError },
 }
 
-/// The collectors that apply to this machine's cgroup layout.
-pub fn collectors_for(layout: &Layout) -> Vec<Box<dyn Collector>> {
+/// Optional sources, off when nothing exported needs them (`--metrics.disable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    pub pressure: bool,
+    pub io: bool,
+    pub cpuset: bool,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources { pressure: true, io: true, cpuset: true }
+    }
+}
+
+/// The collectors that apply to this machine's cgroup layout, less the sources not wanted.
+pub fn collectors_for(layout: &Layout, wanted: &Sources) -> Vec<Box<dyn Collector>> {
     let mut out: Vec<Box<dyn Collector>> = Vec::new();
     match layout.mode {
         Mode::V2 => {
             out.push(Box::new(CpuV2));
             out.push(Box::new(MemoryV2));
             out.push(Box::new(Pids { v1: false }));
-            out.push(Box::new(IoV2));
+            if wanted.io {
+                out.push(Box::new(IoV2));
+            }
+            if wanted.cpuset {
+                out.push(Box::new(CpusetV2));
+            }
         }
         Mode::V1 | Mode::Hybrid => {
             out.push(Box::new(CpuV1));
             out.push(Box::new(MemoryV1));
             out.push(Box::new(Pids { v1: true }));
-            out.push(Box::new(BlkioV1));
+            if wanted.io {
+                out.push(Box::new(BlkioV1));
+            }
         }
     }
     out.push(Box::new(Processes));
-    if layout.unified().is_some() {
+    if layout.unified().is_some() && wanted.pressure {
         out.push(Box::new(Psi));
     }
     out
@@ -166,6 +187,9 @@ impl Collector for CpuV1 {
         }
         // v1 cpu.stat counts only under a CFS quota.
         if let Some(dir) = cg.v1_dir("cpu") {
+            out.cpu.quota_us = read_setting(files, dir, "cpu.cfs_quota_us", kernfs::parse_cfs_quota)?;
+            out.cpu.period_us = read_setting(files, dir, "cpu.cfs_period_us", kernfs::parse_u64)?;
+            out.cpu.shares = read_setting(files, dir, "cpu.shares", kernfs::parse_u64)?;
             let [periods, throttled, throttled_ns] =
                 flat_rare(files, dir, "cpu.stat", &["nr_periods", "nr_throttled", "throttled_time"])?;
             out.cpu.periods = periods;
@@ -196,9 +220,42 @@ impl Collector for CpuV2 {
         out.cpu.periods = periods;
         out.cpu.throttled_periods = throttled;
         out.cpu.throttled_ns = usec_to_ns(throttled_us);
+        if let Some(max) = read_setting(files, dir, "cpu.max", kernfs::parse_cpu_max)? {
+            out.cpu.quota_us = Some(max.quota_us);
+            out.cpu.period_us = Some(max.period_us);
+        }
+        out.cpu.shares = read_setting(files, dir, "cpu.weight", kernfs::parse_u64)?.map(weight_to_shares);
         Ok(())
     }
 }
+
+/// cAdvisor's (and runc's) mapping of v2 `cpu.weight` [1, 10000] onto v1 shares [2, 262144].
+fn weight_to_shares(weight: u64) -> u64 {
+    2 + (weight.clamp(1, 10_000) - 1) * 262_142 / 9_999
+}
+
+/// v2 `cpuset.cpus.effective`: of the container's cgroup, or, where the cpuset controller is not
+/// enabled for it, of the nearest ancestor that has the file (a Slurm job's cpuset, or the root,
+/// all CPUs). Read on the settings' cadence, so the walk costs nothing between refreshes.
+struct CpusetV2;
+impl Collector for CpusetV2 {
+    fn name(&self) -> &'static str {
+        "cpuset"
+    }
+    fn collect(&self, cg: &ContainerCgroup, files: &mut CgroupFiles, out: &mut Sample) -> Result<(), CollectError> {
+        let Some(dir) = cg.unified_dir() else { return Ok(()) };
+        for dir in dir.ancestors().take(MAX_CGROUP_DEPTH) {
+            if let Some(count) = read_setting(files, dir, "cpuset.cpus.effective", kernfs::cpu_list_count)? {
+                out.cpu.cpuset_cpus = Some(count);
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How far up [`CpusetV2`] looks: deeper than any real cgroup tree (Slurm's is about 8).
+const MAX_CGROUP_DEPTH: usize = 32;
 
 /// cgroup v1 `memory` controller.
 struct MemoryV1;
@@ -210,6 +267,8 @@ impl Collector for MemoryV1 {
         let Some(dir) = cg.v1_dir("memory") else { return Ok(()) };
         let m = &mut out.memory;
         m.usage_bytes = read_with(files, dir, "memory.usage_in_bytes", kernfs::parse_u64)?;
+        // A peak moves only while usage climbs to a new high.
+        m.max_usage_bytes = read_rare(files, dir, "memory.max_usage_in_bytes", kernfs::parse_u64)?;
         // total_swap is there when swap is accounted (the memsw files exist): it saves reading
         // memory.memsw.usage_in_bytes (memory + swap) every sample.
         let [rss, cache, inactive_file, swap] =
@@ -242,6 +301,8 @@ impl Collector for MemoryV2 {
         let Some(dir) = cg.unified_dir() else { return Ok(()) };
         let m = &mut out.memory;
         m.usage_bytes = read_with(files, dir, "memory.current", kernfs::parse_u64)?;
+        // memory.peak (Linux 5.19): moves only while usage climbs to a new high.
+        m.max_usage_bytes = read_rare(files, dir, "memory.peak", kernfs::parse_u64)?;
         let [anon, file, inactive_file] = flat(files, dir, "memory.stat", &["anon", "file", "inactive_file"])?;
         m.rss_bytes = anon;
         m.cache_bytes = file;
@@ -427,7 +488,7 @@ mod tests {
     #[test]
     fn pure_v2_fixture_tree_samples_every_source() {
         let (layout, cg) = v2_fixture_tree();
-        let collectors = collectors_for(&layout);
+        let collectors = collectors_for(&layout, &Sources::default());
         let (s, errors) = sample(&collectors, &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(cg.path, "/fixtures/v2");
@@ -442,6 +503,11 @@ mod tests {
         assert_eq!(s.memory.rss_bytes, Some(104_857_600));
         assert_eq!(s.memory.cache_bytes, Some(52_428_800));
         assert_eq!(s.memory.limit, Some(Limit::Unlimited));
+        assert_eq!(s.memory.max_usage_bytes, Some(209_715_200));
+        assert_eq!(s.cpu.quota_us, Some(Limit::Unlimited));
+        assert_eq!(s.cpu.period_us, Some(100_000));
+        assert_eq!(s.cpu.shares, Some(weight_to_shares(100)));
+        assert_eq!(s.cpu.cpuset_cpus, Some(7));
         assert_eq!(s.memory.failcnt, Some(12));
         assert_eq!(s.memory.oom_kills, Some(1));
         assert!(s.memory.swap_bytes.is_some());
@@ -495,7 +561,7 @@ mod tests {
     fn hybrid_takes_cpu_time_from_the_unified_cpu_stat_and_swap_from_memory_stat() {
         let root = tempfile::tempdir().unwrap();
         let (layout, cg) = hybrid_fixture_tree(root.path());
-        let collectors = collectors_for(&layout);
+        let collectors = collectors_for(&layout, &Sources::default());
         // Files kept open, and sampled twice: the unified and the v1 `cpu.stat` stay apart.
         static BUDGET: super::super::files::DescriptorBudget = super::super::files::DescriptorBudget::new(100);
         let mut files = CgroupFiles::with_budget(&BUDGET);
@@ -544,7 +610,7 @@ mod tests {
         std::fs::write(dir.path().join("c/memory.current"), "4096\n").unwrap();
         let layout = v2_layout_at(dir.path());
         let cg = ContainerCgroup::at(&layout, "c");
-        let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
+        let (s, errors) = sample(&collectors_for(&layout, &Sources::default()), &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.memory.usage_bytes, Some(4096));
         assert_eq!(s.cpu.usage_ns, None);
@@ -560,7 +626,7 @@ mod tests {
         std::fs::write(dir.path().join("c/pids.current"), "3\n").unwrap();
         let layout = v2_layout_at(dir.path());
         let cg = ContainerCgroup::at(&layout, "c");
-        let (s, errors) = sample(&collectors_for(&layout), &cg, &mut CgroupFiles::new());
+        let (s, errors) = sample(&collectors_for(&layout, &Sources::default()), &cg, &mut CgroupFiles::new());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, "cpu");
         assert!(errors[0].1.to_string().contains("cpu.stat"), "{}", errors[0].1);

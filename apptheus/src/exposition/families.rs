@@ -45,6 +45,11 @@ families! {
     MemFailcnt = ("container_memory_failcnt", GAUGE, "Number of memory usage hits limits (cumulative; typed gauge because the cAdvisor name lacks _total).");
     MemLimit = ("container_spec_memory_limit_bytes", GAUGE, "Memory limit for the container in bytes, 0 when unlimited.");
     MemSwapLimit = ("container_spec_memory_swap_limit_bytes", GAUGE, "Swap limit for the container in bytes, 0 when unlimited.");
+    MemMaxUsage = ("container_memory_max_usage_bytes", GAUGE, "Maximum memory usage recorded in bytes.");
+    CpuQuota = ("container_spec_cpu_quota", GAUGE, "CPU quota of the container in microseconds per period (only when one is set).");
+    CpuPeriod = ("container_spec_cpu_period", GAUGE, "CPU period of the container in microseconds.");
+    CpuShares = ("container_spec_cpu_shares", GAUGE, "CPU share of the container (v2 cpu.weight mapped to shares as cAdvisor does).");
+    CpusetCpus = ("container_spec_cpuset_cpus", GAUGE, "Number of CPUs in the container's effective cpuset.");
     OomEvents = ("container_oom_events_total", COUNTER, "Count of out of memory events observed for the container.");
     Processes = ("container_processes", GAUGE, "Number of processes running inside the container.");
     Threads = ("container_threads", GAUGE, "Number of threads running inside the container.");

@@ -13,6 +13,8 @@
 //! than once per container and scrape.
 
 mod families;
+mod groups;
+pub use groups::{Disabled, Group};
 pub(crate) mod number;
 mod protobuf;
 mod series;
@@ -94,8 +96,15 @@ struct Row<'a> {
 
 impl Exposition {
     pub fn new(store: Arc<Store>, legacy: bool) -> Exposition {
+        Exposition::without(store, legacy, &Disabled::default())
+    }
+
+    /// The exposition without the families of the `disabled` groups.
+    pub fn without(store: Arc<Store>, legacy: bool, disabled: &Disabled) -> Exposition {
+        let legacy = legacy && !disabled.has(Group::Legacy);
         let families = Fam::in_name_order(legacy)
             .into_iter()
+            .filter(|&fam| disabled.exports(fam))
             .map(|fam| Prepared {
                 fam,
                 text_header: text::header(Dialect::Text, fam.family()),

@@ -52,6 +52,11 @@ families! {
     MemFailcnt = ("container_memory_failcnt", GAUGE, &[], "Number of memory usage hits limits (cumulative; typed gauge because the cAdvisor name lacks _total).");
     MemLimit = ("container_spec_memory_limit_bytes", GAUGE, &[], "Memory limit for the container in bytes, 0 when unlimited.");
     MemSwapLimit = ("container_spec_memory_swap_limit_bytes", GAUGE, &[], "Swap limit for the container in bytes, 0 when unlimited.");
+    MemMaxUsage = ("container_memory_max_usage_bytes", GAUGE, &[], "Maximum memory usage recorded in bytes.");
+    CpuQuota = ("container_spec_cpu_quota", GAUGE, &[], "CPU quota of the container in microseconds per period (only when one is set).");
+    CpuPeriod = ("container_spec_cpu_period", GAUGE, &[], "CPU period of the container in microseconds.");
+    CpuShares = ("container_spec_cpu_shares", GAUGE, &[], "CPU share of the container (v2 cpu.weight mapped to shares as cAdvisor does).");
+    CpusetCpus = ("container_spec_cpuset_cpus", GAUGE, &[], "Number of CPUs in the container's effective cpuset.");
     OomEvents = ("container_oom_events_total", COUNTER, &[], "Count of out of memory events observed for the container.");
     Processes = ("container_processes", GAUGE, &[], "Number of processes running inside the container.");
     Threads = ("container_threads", GAUGE, &[], "Number of threads running inside the container.");
@@ -242,6 +247,11 @@ fn render_container(out: &mut [MetricFamily], e: &Entry, labels: &[LabelPair]) {
     put(F::MemFailcnt, num(s.memory.failcnt));
     put(F::MemLimit, s.memory.limit.map(limit_or_zero));
     put(F::MemSwapLimit, s.memory.swap_limit.map(limit_or_zero));
+    put(F::MemMaxUsage, num(s.memory.max_usage_bytes));
+    put(F::CpuQuota, s.cpu.quota_us.and_then(Limit::value).map(|v| v as f64));
+    put(F::CpuPeriod, num(s.cpu.period_us));
+    put(F::CpuShares, num(s.cpu.shares));
+    put(F::CpusetCpus, num(s.cpu.cpuset_cpus));
     put(F::OomEvents, num(s.memory.oom_kills));
     put(F::Processes, num(s.processes));
     put(F::Threads, num(s.pids.current));

@@ -121,6 +121,12 @@ fn single(f: F, timed: &Timed) -> Option<f64> {
         F::MemFailcnt => num(s.memory.failcnt),
         F::MemLimit => s.memory.limit.map(limit_or_zero),
         F::MemSwapLimit => s.memory.swap_limit.map(limit_or_zero),
+        F::MemMaxUsage => num(s.memory.max_usage_bytes),
+        // cAdvisor exports a quota only when there is one.
+        F::CpuQuota => s.cpu.quota_us.and_then(Limit::value).map(|v| v as f64),
+        F::CpuPeriod => num(s.cpu.period_us),
+        F::CpuShares => num(s.cpu.shares),
+        F::CpusetCpus => num(s.cpu.cpuset_cpus),
         F::OomEvents => num(s.memory.oom_kills),
         F::Processes => num(s.processes),
         F::Threads => num(s.pids.current),

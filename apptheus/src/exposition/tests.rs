@@ -159,7 +159,12 @@ fn full_sample() -> Sample {
     s.cpu.periods = Some(1000);
     s.cpu.throttled_periods = Some(7);
     s.cpu.throttled_ns = Some(1_500_000);
+    s.cpu.quota_us = Some(Limit::Value(150_000));
+    s.cpu.period_us = Some(100_000);
+    s.cpu.shares = Some(1024);
+    s.cpu.cpuset_cpus = Some(4);
     s.memory.usage_bytes = Some(300 << 20);
+    s.memory.max_usage_bytes = Some(400 << 20);
     s.memory.working_set_bytes = Some(200 << 20);
     s.memory.rss_bytes = Some(150 << 20);
     s.memory.cache_bytes = Some(100 << 20);
@@ -262,7 +267,7 @@ fn empty_store_writes_the_registry_families_only() {
 #[test]
 fn own_families_never_share_a_name_with_container_families() {
     let store = Arc::new(Store::new());
-    let telemetry = crate::telemetry::Telemetry::new(store.clone(), true).unwrap();
+    let telemetry = crate::telemetry::Telemetry::new(store.clone(), true, &Default::default()).unwrap();
     let own: Vec<String> = telemetry.registry.gather().iter().map(|mf| mf.name().to_string()).collect();
     for name in Exposition::new(store, true).family_names() {
         assert!(!own.iter().any(|o| o == name), "{name} is both an agent and a container family");
@@ -353,7 +358,12 @@ fn random_store(seed: u64) -> Arc<Store> {
             s.cpu.periods = g.maybe();
             s.cpu.throttled_periods = g.maybe();
             s.cpu.throttled_ns = g.maybe();
+            s.cpu.quota_us = g.limit();
+            s.cpu.period_us = g.maybe();
+            s.cpu.shares = g.maybe();
+            s.cpu.cpuset_cpus = g.maybe();
             s.memory.usage_bytes = g.maybe();
+            s.memory.max_usage_bytes = g.maybe();
             s.memory.working_set_bytes = g.maybe();
             s.memory.rss_bytes = g.maybe();
             s.memory.cache_bytes = g.maybe();

@@ -42,6 +42,8 @@ pub enum Format {
     BlkioV1,
     /// One pid per line ([`super::pids`]).
     PidList,
+    /// CPU numbers and ranges ([`super::cpu_list_count`]).
+    CpuList,
 }
 
 impl Format {
@@ -56,6 +58,7 @@ impl Format {
             Format::Psi => "psi",
             Format::BlkioV1 => "blkio",
             Format::PidList => "pid-list",
+            Format::CpuList => "cpu-list",
         }
     }
 }

@@ -9,10 +9,11 @@
 //! | Format (function)                 | Kernel files |
 //! |-----------------------------------|--------------|
 //! | [`flat_keyed`], [`flat_keyed_get`] | v2 `cpu.stat`, `memory.stat`, `memory.events`, `memory.swap.events`, `cgroup.events`, `cgroup.stat`, `pids.events`; v1 `cpu.stat`, `cpuacct.stat`, `memory.stat`, `memory.oom_control` |
-//! | [`parse_u64`]                     | v2 `memory.current`, `memory.swap.current`, `pids.current`; v1 `memory.usage_in_bytes`, `memory.failcnt`, `cpuacct.usage`, `pids.current`, `cpu.cfs_period_us` |
+//! | [`parse_u64`]                     | v2 `memory.current`, `memory.peak`, `memory.swap.current`, `pids.current`, `cpu.weight`; v1 `memory.usage_in_bytes`, `memory.max_usage_in_bytes`, `memory.failcnt`, `cpuacct.usage`, `pids.current`, `cpu.cfs_period_us`, `cpu.shares` |
 //! | [`parse_limit`]                   | v2 `memory.max`, `memory.high`, `memory.swap.max`, `pids.max`; v1 `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`, `memory.soft_limit_in_bytes`, `pids.max` |
 //! | [`parse_cfs_quota`]               | v1 `cpu.cfs_quota_us` |
 //! | [`parse_cpu_max`]                 | v2 `cpu.max` |
+//! | [`cpu_list_count`]                | v2 `cpuset.cpus.effective`, v1 `cpuset.effective_cpus` |
 //! | [`nested_keyed`]                  | any v2 nested-keyed file (generic, raw values) |
 //! | [`io_stat`]                       | v2 `io.stat` |
 //! | [`psi`]                           | v2 `cpu.pressure`, `memory.pressure`, `io.pressure` (and `/proc/pressure/*`) |
@@ -28,6 +29,7 @@
 //! 1-based and count every line, blank ones included.
 
 mod blkio_v1;
+mod cpu_list;
 mod error;
 mod flat_keyed;
 mod nested_keyed;
@@ -40,6 +42,7 @@ mod uevent;
 mod proptests;
 
 pub use blkio_v1::{blkio_v1, BlkioEntry, BlkioOp, BlkioV1};
+pub use cpu_list::cpu_list_count;
 pub use error::{ErrorKind, Format, ParseError};
 pub use flat_keyed::{flat_keyed, flat_keyed_get, FlatKeyed};
 pub use nested_keyed::{
