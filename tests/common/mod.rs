@@ -188,7 +188,13 @@ impl Agent {
     }
 
     pub fn exec_with(&mut self, launcher: &Path, cmd: &[&str]) -> Child {
+        self.exec_env(launcher, &[], cmd)
+    }
+
+    /// `launcher exec -- CMD` with extra environment (e.g. SLURM_JOB_ID for env labels).
+    pub fn exec_env(&mut self, launcher: &Path, env: &[(&str, &str)], cmd: &[&str]) -> Child {
         let child = Command::new(launcher)
+            .envs(env.iter().copied())
             .arg("exec")
             .arg(format!("--socket.path={}", self.socket.display()))
             .arg("--")

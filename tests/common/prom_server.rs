@@ -17,17 +17,21 @@ pub struct Prometheus {
 impl Prometheus {
     /// `job` is the body of one scrape config (after `- job_name: apptheus`), indented by 4.
     pub fn start(binary: &Path, job: &str, flags: &[&str]) -> Prometheus {
+        let config = format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: apptheus\n{job}");
+        Prometheus::start_with_config(binary, &config, flags)
+    }
+
+    /// A Prometheus with this whole configuration file. In agent mode (`--enable-feature=agent`
+    /// in `flags`) its storage flag is the agent's.
+    pub fn start_with_config(binary: &Path, config_text: &str, flags: &[&str]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: apptheus\n{job}"),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let port = free_port();
+        let storage = if flags.contains(&"--enable-feature=agent") { "storage.agent.path" } else { "storage.tsdb.path" };
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--{storage}={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .args(flags)
             .stdout(Stdio::null())

@@ -14,6 +14,7 @@
 //! scenario that cannot run says why in its section and the others still run.
 
 pub(crate) mod agent;
+mod cardinality;
 mod ebpf;
 mod floor;
 pub(crate) mod http;
@@ -46,6 +47,7 @@ pub enum Scenario {
     Scrape,
     Placement,
     Ebpf,
+    Cardinality,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,7 +56,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "sampling,scrape,placement,ebpf")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "sampling,scrape,placement,ebpf,cardinality")]
     pub scenarios: Vec<Scenario>,
     /// Agent binary to measure instead of building target/release/apptheus.
     #[arg(long, value_name = "PATH")]
@@ -217,6 +219,7 @@ struct Results {
     placement_error: Option<String>,
     ebpf: Option<ebpf::EbpfResult>,
     ebpf_error: Option<String>,
+    cardinality: Option<Result<Vec<cardinality::Variant>, String>>,
     cleanup: Vec<String>,
 }
 
@@ -272,6 +275,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(r) => res.ebpf = Some(r),
             Err(e) => res.ebpf_error = Some(format!("{e:#}")),
         }
+    }
+    if scenarios.contains(&Scenario::Cardinality) && sys::check_interrupt().is_ok() {
+        let containers = if args.quick { 8 } else { cardinality::PER_NODE };
+        res.cardinality = Some(cardinality::run(&bins.agent, &tmp, containers).map_err(|e| format!("{e:#}")));
     }
     let load_after = sys::loadavg();
     let _ = std::fs::remove_dir_all(&tmp);
@@ -1027,6 +1034,17 @@ fn render(
             let _ = writeln!(o, "**Not completed:** {err}");
         }
         (None, None) => {
+            let _ = writeln!(o, "Not run (`--scenarios`).");
+        }
+    }
+    o.push('\n');
+    let _ = writeln!(o, "## 5. Series per container and a cluster's cardinality\n");
+    match &res.cardinality {
+        Some(Ok(variants)) => cardinality::render(&mut o, variants),
+        Some(Err(err)) => {
+            let _ = writeln!(o, "**Not completed:** {err}");
+        }
+        None => {
             let _ = writeln!(o, "Not run (`--scenarios`).");
         }
     }
