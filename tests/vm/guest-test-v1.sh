@@ -78,15 +78,6 @@ check_basic_metrics() {
   check "$phase: memory usage >= 64 MiB (tmpfs file)" "$got" ge "$got" $((64 * MIB))
   check "$phase: memory usage matches memory.usage_in_bytes ($want)" "$got" near "$got" "$want"
 
-  got=$(value container_memory_max_usage_bytes "$sel"); want=$(cat "$CG/memory$path/memory.max_usage_in_bytes")
-  check "$phase: peak memory matches memory.max_usage_in_bytes ($want)" "$got" near "$got" "$want"
-  got=$(value container_spec_cpu_period "$sel"); want=$(cat "$CG/cpu$path/cpu.cfs_period_us")
-  check "$phase: cpu period matches cpu.cfs_period_us ($want)" "$got" eq "$got" "$want"
-  got=$(value container_spec_cpu_quota "$sel")
-  check "$phase: no cpu quota series under cpu.cfs_quota_us -1 (omitted, not 0)" "$got" [ "$got" = none ]
-  got=$(value container_spec_cpu_shares "$sel"); want=$(cat "$CG/cpu$path/cpu.shares")
-  check "$phase: cpu shares match cpu.shares ($want)" "$got" eq "$got" "$want"
-
   got=$(value container_processes "$sel"); want=$(nprocs "$CG/pids$path")
   check "$phase: processes = cgroup.procs ($want)" "$got" eq "$got" "$want"
 

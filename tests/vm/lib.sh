@@ -32,10 +32,6 @@ near() { num "$1" && num "$2" && awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if 
 usec_to_s() { awk -v u="$1" 'BEGIN { printf "%.6f\n", u / 1000000 }'; }
 
 nprocs() { wc -l < "$1/cgroup.procs" | tr -d ' '; }
-# cpulist_count "0-3,8": how many CPUs a cpu list names
-cpulist_count() { echo "$1" | awk -F, '{ n = 0; for (i = 1; i <= NF; i++) { split($i, r, "-"); n += (r[2] != "") ? r[2] - r[1] + 1 : 1 } print n }'; }
-# effective_cpus DIR: cpuset.cpus.effective of DIR or of its nearest ancestor that has one
-effective_cpus() { local d=$1; while [ "$d" != / ] && [ ! -e "$d/cpuset.cpus.effective" ]; do d=$(dirname "$d"); done; cat "$d/cpuset.cpus.effective" 2>/dev/null; }
 has_words() { # has_words "LIST" WORDS...: every word is in LIST
   local list=" $1 " w; shift
   for w in "$@"; do case "$list" in *" $w "*) ;; *) return 1 ;; esac; done
