@@ -106,6 +106,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         monitor,
         shutdown: CancellationToken::new(),
     });
+    // Every source's error counter is exported from the start at 0, as the connection results
+    // are: a series that first appears at 1 is no increase to rate()/increase(), so alerts on
+    // sample errors would miss the first ones (monitoring/rules/alerts.yml).
+    for collector in &agent.collectors {
+        agent.telemetry.sample_errors.with_label_values(&[collector.name()]);
+    }
     let sampler = match monitor::start(agent.clone(), sampler_queue, tokio::runtime::Handle::current()) {
         Ok(sampler) => sampler,
         Err(err) => {
