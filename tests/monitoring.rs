@@ -17,18 +17,6 @@ use common::{Agent, AgentOptions};
 use serde_norway::Value as Yaml;
 use serde_json::Value as Json;
 
-/// Series that issue 16 part 1 adds to the agent and that are not in its scrape yet. The
-/// dashboards and rules use them already; delete this list once the agent exports them (the
-/// names are then checked against the scrape like every other). Same labels as the other
-/// container series.
-const ADDED_BY_ISSUE_16_PART_1: &[&str] = &[
-    "container_memory_max_usage_bytes",
-    "container_spec_cpu_quota",
-    "container_spec_cpu_period",
-    "container_spec_cpu_shares",
-    "container_spec_cpuset_cpus",
-];
-
 /// Series the agent exports on pure cgroup v2 only (README, "Metrics"): on other layouts they
 /// are allowed without being in the scrape, with the labels of the other container series.
 const PURE_V2_ONLY: &[&str] = &["container_spec_cpuset_cpus"];
@@ -593,7 +581,7 @@ fn every_metric_name_is_exported_or_recorded() {
                 l.clone()
             } else if recorded.contains(&name) {
                 continue;
-            } else if ADDED_BY_ISSUE_16_PART_1.contains(&name.as_str()) || !pure_v2() && PURE_V2_ONLY.contains(&name.as_str()) {
+            } else if !pure_v2() && PURE_V2_ONLY.contains(&name.as_str()) {
                 container_labels.clone()
             } else if PROMETHEUS_SERIES.contains(&name.as_str()) {
                 BTreeSet::new()
@@ -609,11 +597,6 @@ fn every_metric_name_is_exported_or_recorded() {
         }
     }
     // A name of the list that the agent has started to export belongs in the scrape check.
-    for name in ADDED_BY_ISSUE_16_PART_1 {
-        if exported.contains_key(*name) {
-            eprintln!("NOTE: {name} is exported now: remove it from ADDED_BY_ISSUE_16_PART_1");
-        }
-    }
     eprintln!("{} metric names used; the agent exports {} families", used.len(), exported.len());
     assert!(used.contains("container_runqueue_latency_seconds_bucket") && used.contains("up"), "the name extraction found {used:?}");
     assert!(problems.is_empty(), "{}\n\nscrape:\n{scrape}", problems.join("\n"));
@@ -651,8 +634,8 @@ fn queries_and_rules_evaluate_on_a_real_prometheus() {
         assert_eq!(r["health"], "ok", "rule {} evaluates with an error: {}", r["name"], r["lastError"]);
     }
 
-    // Every dashboard query evaluates, and returns data unless it needs the series of
-    // ADDED_BY_ISSUE_16_PART_1.
+    // Every dashboard query evaluates, and returns data unless it needs a series this host's
+    // cgroup layout does not give (PURE_V2_ONLY).
     let recorded: BTreeMap<String, String> = rules().into_iter().filter(|r| !r.alert).map(|r| (r.name, r.expr)).collect();
     let mut problems = Vec::new();
     let (mut evaluated, mut with_data, mut allowed_empty) = (0, 0, Vec::new());
@@ -665,8 +648,8 @@ fn queries_and_rules_evaluate_on_a_real_prometheus() {
             problems.push(format!("{}: {}: {expr}\n  -> {status} {}", q.dashboard, q.panel, v["error"]));
             continue;
         }
-        // Empty here, rightly, only where it needs series the agent does not export yet.
-        let may_be_empty = uses_added_series(&q.expr, &recorded);
+        // Empty here, rightly, only where it needs a series this layout does not give.
+        let may_be_empty = uses_missing_series(&q.expr, &recorded);
         let empty = v["data"]["result"].as_array().is_none_or(|r| r.is_empty());
         if !empty {
             with_data += 1;
@@ -683,12 +666,11 @@ fn queries_and_rules_evaluate_on_a_real_prometheus() {
     assert!(problems.is_empty(), "{}\n\nPrometheus log:\n{}", problems.join("\n"), prom.log());
 }
 
-/// Whether the expression uses a series of ADDED_BY_ISSUE_16_PART_1, itself or through the
-/// recording rules it uses. (PURE_V2_ONLY needs no exception: the queries take the CPU quota,
-/// which the test sets, where there is no cpuset count.)
-fn uses_added_series(expr: &str, recorded: &BTreeMap<String, String>) -> bool {
+/// Whether the expression uses, itself or through the recording rules it uses, a series this
+/// host's layout does not give (PURE_V2_ONLY off pure cgroup v2).
+fn uses_missing_series(expr: &str, recorded: &BTreeMap<String, String>) -> bool {
     metric_names(expr).iter().any(|n| {
-        ADDED_BY_ISSUE_16_PART_1.contains(&n.as_str()) || recorded.get(n).is_some_and(|e| uses_added_series(e, recorded))
+        !pure_v2() && PURE_V2_ONLY.contains(&n.as_str()) || recorded.get(n).is_some_and(|e| uses_missing_series(e, recorded))
     })
 }
 
