@@ -2,7 +2,9 @@
 //! a stock Debian kernel with a pure cgroup v2 hierarchy (or, with `--cgroup v1`, pure v1) in qemu
 //! and runs the real agent's end-to-end test there (tests/vm/README.md).
 //!
-//! A second test checks that the harness explains a lockup of the guest kernel.
+//! `systemd_service_vm` boots Debian's systemd on the same kernel and tests the agent's Debian
+//! package as a service (`--systemd`). A last test checks that the harness explains a lockup of
+//! the guest kernel.
 //!
 //! Skipped, with a message, when not root or when this machine cannot provide qemu or the Debian
 //! packages; with APPTHEUS_REQUIRE_PRIVILEGED=1 those cases fail instead.
@@ -27,6 +29,21 @@ fn pure_cgroup_v2_vm() {
 #[test]
 fn pure_cgroup_v1_vm() {
     vm_test_passes(&["--cgroup", "v1"]);
+}
+
+/// The agent's Debian package under systemd (`--systemd`, `systemd-test.sh`): a Debian bookworm
+/// guest booting systemd on the same kernel; install (ready when apt-get returns), containers of
+/// an unprivileged user, restarts and stops with a container running, upgrade, bad configuration,
+/// purge. The package is the file named by APPTHEUS_VM_DEB when it is set; otherwise
+/// `cargo xtask vm-test --systemd` builds it as `cargo xtask dist` does.
+#[test]
+fn systemd_service_vm() {
+    let deb = std::env::var("APPTHEUS_VM_DEB").ok();
+    let mut args = vec!["--systemd"];
+    if let Some(deb) = deb.as_deref() {
+        args.extend(["--deb", deb]);
+    }
+    vm_test_passes(&args);
 }
 
 fn vm_test_passes(args: &[&str]) {

@@ -1,5 +1,7 @@
 //! `cargo xtask vm-test`: boot a stock Debian kernel with a pure cgroup v2 hierarchy in qemu and run
-//! the agent's end-to-end test (`tests/vm/guest-test.sh`) there. See tests/vm/README.md.
+//! the agent's end-to-end test (`tests/vm/guest-test.sh`) there. With `--systemd`, the same kernel
+//! boots Debian's systemd and the agent's Debian package is tested as a service
+//! (`tests/vm/systemd-test.sh`, [`systemd`]). See tests/vm/README.md.
 //!
 //! Exit status: 0 when every guest check passed, 1 on failure (the reason is printed), and
 //! [`SKIP_EXIT`] when this machine cannot provide qemu or the Debian packages.
@@ -17,6 +19,7 @@ mod lockup;
 mod packages;
 mod qemu;
 mod report;
+mod systemd;
 
 use packages::Unavailable;
 use qemu::{Accel, TcgThread};
@@ -35,9 +38,10 @@ pub struct VmArgs {
     /// target/release/apptheus.
     #[arg(long, value_name = "PATH")]
     binary: Option<PathBuf>,
-    /// Wall-clock limit for the whole VM run (boot included), in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
-    timeout: u64,
+    /// Wall-clock limit for the whole VM run (boot included), in seconds. Default: 300, with
+    /// `--systemd` 600.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// qemu accelerator; auto picks KVM only when the CPU advertises vmx/svm.
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
@@ -59,6 +63,14 @@ pub struct VmArgs {
     /// that the lockup is recognised, explained with backtraces, and ends the run early.
     #[arg(long, conflicts_with_all = ["binary", "command"])]
     lockup_selftest: bool,
+    /// Boot Debian's systemd (a bookworm root filesystem built once with mmdebstrap) and test the
+    /// agent's Debian package there: install, service, restarts, upgrade, purge
+    /// (tests/vm/systemd-test.sh). Pure cgroup v2 only.
+    #[arg(long, conflicts_with_all = ["binary", "command", "lockup_selftest"])]
+    systemd: bool,
+    /// With `--systemd`: the package to test (`apptheus_<version>_amd64.deb`).
+    #[arg(long, value_name = "PATH", requires = "systemd")]
+    deb: Option<PathBuf>,
     /// Run this command in the guest instead of the test script, e.g.
     /// `cargo xtask vm-test -- cat /sys/fs/cgroup/cgroup.controllers`.
     #[arg(last = true, value_name = "CMD")]
@@ -92,6 +104,14 @@ pub fn run(args: VmArgs) -> Result<()> {
 }
 
 fn vm_test(args: VmArgs) -> Result<()> {
+    if args.systemd && args.cgroup == Cgroup::V1 {
+        bail!("--systemd boots systemd on pure cgroup v2: it does not go with --cgroup v1");
+    }
+    let timeout = args.timeout.unwrap_or(if args.systemd {
+        systemd::DEFAULT_TIMEOUT_SECS
+    } else {
+        300
+    });
     let workspace = workspace_root();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -108,7 +128,10 @@ fn vm_test(args: VmArgs) -> Result<()> {
     let qemu_bin = packages::ensure_qemu()?;
     let kernel = packages::kernel(&cache)?;
     let busybox = packages::busybox(&cache)?;
-    let agent = match (&args.binary, args.command.is_empty() && !args.lockup_selftest) {
+    let agent = match (
+        &args.binary,
+        args.command.is_empty() && !args.lockup_selftest && !args.systemd,
+    ) {
         (Some(path), _) => Some(
             fs::canonicalize(path).with_context(|| format!("agent binary {}", path.display()))?,
         ),
@@ -128,52 +151,76 @@ fn vm_test(args: VmArgs) -> Result<()> {
             .unwrap_or(0)
     );
     let is_test = args.command.is_empty() && !args.lockup_selftest;
-    let hog = work.join("rt-hog");
-    let devdeny = work.join("devdeny");
-    let binaries: &[(&Path, &str)] = if args.lockup_selftest {
-        compile_static(&workspace.join("tests/vm/rt-hog.c"), &hog)?;
-        &[(&hog, "/usr/local/bin/rt-hog")]
-    } else if is_test {
-        // the job's device rule of phase 3 (a cgroup device program, as Slurm and systemd set)
-        compile_static(&workspace.join("tests/vm/devdeny.c"), &devdeny)?;
-        &[(&devdeny, "/usr/local/bin/devdeny")]
-    } else {
-        &[]
-    };
-    let command = if args.lockup_selftest {
-        "exec /usr/local/bin/rt-hog".to_string()
-    } else if is_test {
-        let script = match args.cgroup {
-            Cgroup::V2 => "guest-test.sh",
-            Cgroup::V1 => "guest-test-v1.sh",
-        };
-        format!("exec sh {}/{script}", initramfs::GUEST_TESTS)
-    } else {
-        format!(
-            "exec {}",
-            args.command
-                .iter()
-                .map(|a| shell_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-    };
     let initrd = work.join("initramfs.cpio");
-    initramfs::build(
-        &initramfs::Spec {
-            busybox: &busybox,
-            agent: agent.as_deref(),
-            binaries,
-            tests_dir: &workspace.join("tests/vm"),
-            brd_module: kernel.brd_module.as_deref(),
-            command,
-            token: token.clone(),
-            ramdisk_mib: RAMDISK_MIB,
-            verbose: args.verbose,
-            cgroup: args.cgroup.as_str(),
-        },
-        &initrd,
-    )?;
+    // --systemd: the root filesystem and the package under test (named in the first line)
+    let systemd_guest = if args.systemd {
+        let deb = match &args.deb {
+            Some(path) => {
+                fs::canonicalize(path).with_context(|| format!("package {}", path.display()))?
+            }
+            None => build_deb()?,
+        };
+        let rootfs = systemd::rootfs(&cache)?;
+        systemd::initrd(
+            &rootfs,
+            &systemd::Overlay {
+                deb: &deb,
+                tests_dir: &workspace.join("tests/vm"),
+                readme: &workspace.join("README.md"),
+                token: &token,
+                verbose: args.verbose,
+            },
+            &initrd,
+        )?;
+        Some(format!("{}, package {}", rootfs.summary, deb.display()))
+    } else {
+        let hog = work.join("rt-hog");
+        let devdeny = work.join("devdeny");
+        let binaries: &[(&Path, &str)] = if args.lockup_selftest {
+            compile_static(&workspace.join("tests/vm/rt-hog.c"), &hog)?;
+            &[(&hog, "/usr/local/bin/rt-hog")]
+        } else if is_test {
+            // the job's device rule of phase 3 (a cgroup device program, as Slurm and systemd set)
+            compile_static(&workspace.join("tests/vm/devdeny.c"), &devdeny)?;
+            &[(&devdeny, "/usr/local/bin/devdeny")]
+        } else {
+            &[]
+        };
+        let command = if args.lockup_selftest {
+            "exec /usr/local/bin/rt-hog".to_string()
+        } else if is_test {
+            let script = match args.cgroup {
+                Cgroup::V2 => "guest-test.sh",
+                Cgroup::V1 => "guest-test-v1.sh",
+            };
+            format!("exec sh {}/{script}", initramfs::GUEST_TESTS)
+        } else {
+            format!(
+                "exec {}",
+                args.command
+                    .iter()
+                    .map(|a| shell_quote(a))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        initramfs::build(
+            &initramfs::Spec {
+                busybox: &busybox,
+                agent: agent.as_deref(),
+                binaries,
+                tests_dir: &workspace.join("tests/vm"),
+                brd_module: kernel.brd_module.as_deref(),
+                command,
+                token: token.clone(),
+                ramdisk_mib: RAMDISK_MIB,
+                verbose: args.verbose,
+                cgroup: args.cgroup.as_str(),
+            },
+            &initrd,
+        )?;
+        None
+    };
 
     let guest = format!("{} {}", kernel.package, kernel.package_version);
     let machine = qemu::Machine {
@@ -182,12 +229,21 @@ fn vm_test(args: VmArgs) -> Result<()> {
         initrd: &initrd,
         accel: args.accel.resolve(),
         tcg_thread: args.tcg_thread,
-        memory_mib: GUEST_MEMORY_MIB,
+        memory_mib: if args.systemd {
+            systemd::MEMORY_MIB
+        } else {
+            GUEST_MEMORY_MIB
+        },
         cpus: GUEST_CPUS,
         cgroup_v1: args.cgroup == Cgroup::V1,
+        extra_args: if args.systemd {
+            systemd::KERNEL_ARGS
+        } else {
+            ""
+        },
     };
     eprintln!(
-        "vm-test: guest kernel {guest} ({}), cgroup {}, {}, accel {}, {} MiB, {} CPUs, initramfs {} KiB, agent {}",
+        "vm-test: guest kernel {guest} ({}), cgroup {}, {}, accel {}, {} MiB, {} CPUs, initramfs {} KiB, {}",
         kernel.version,
         args.cgroup.as_str(),
         packages::qemu_version(&qemu_bin),
@@ -198,9 +254,11 @@ fn vm_test(args: VmArgs) -> Result<()> {
         machine.memory_mib,
         machine.cpus,
         fs::metadata(&initrd).map(|m| m.len() / 1024).unwrap_or(0),
-        agent
-            .as_deref()
-            .map_or_else(|| "none".to_string(), |a| a.display().to_string()),
+        match (&systemd_guest, &agent) {
+            (Some(systemd), _) => format!("systemd: {systemd}"),
+            (None, Some(agent)) => format!("agent {}", agent.display()),
+            (None, None) => "agent none".to_string(),
+        },
     );
     if kernel.brd_module.is_none() {
         eprintln!(
@@ -223,14 +281,14 @@ fn vm_test(args: VmArgs) -> Result<()> {
         stderr: report::stderr_sink(),
     };
     let launched = Instant::now();
-    let outcome = qemu::run(&machine, ports, &alarm, Duration::from_secs(args.timeout))?;
+    let outcome = qemu::run(&machine, ports, &alarm, Duration::from_secs(timeout))?;
 
     let console = console.lock().unwrap_or_else(PoisonError::into_inner);
     let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
     let failure = if args.lockup_selftest {
         lockup_selftest_failure(&outcome, &console_log)
     } else {
-        report::judge(&outcome, &console, &tally, is_test, args.timeout)
+        report::judge(&outcome, &console, &tally, is_test, timeout)
     };
     let evidence = match (&outcome.lockup, &outcome.at_timeout) {
         (Some((_, _, evidence)), _) => Some(evidence),
@@ -398,6 +456,8 @@ fn kernel_symbols(
     };
     let symbols_machine = qemu::Machine {
         initrd: &initrd,
+        memory_mib: GUEST_MEMORY_MIB,
+        extra_args: "",
         ..*machine
     };
     qemu::run(
@@ -433,6 +493,11 @@ fn build_agent(workspace: &Path, target: &Path) -> Result<PathBuf> {
         bail!("{} was not built", binary.display());
     }
     Ok(binary)
+}
+
+/// The agent's Debian package, when `--deb` does not name one: built as `cargo xtask dist` does.
+fn build_deb() -> Result<PathBuf> {
+    Ok(crate::dist::build().context("building the package for the systemd VM (cargo xtask dist)")?.deb)
 }
 
 /// Single-quotes `arg` for the guest's busybox sh.

@@ -157,7 +157,7 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The guest scripts (`*.sh`) of tests/vm/.
-fn add_tests(a: &mut Archive, dir: &Path) -> Result<()> {
+pub fn add_tests(a: &mut Archive, dir: &Path) -> Result<()> {
     let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries {
         let path = entry

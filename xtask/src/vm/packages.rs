@@ -43,36 +43,41 @@ pub struct Kernel {
 
 /// `qemu-system-x86_64`, installing Debian's qemu-system-x86 first if it is not on PATH.
 pub fn ensure_qemu() -> Result<PathBuf> {
-    if let Some(path) = find_in_path(QEMU_BINARY) {
+    ensure_installed(QEMU_BINARY, QEMU_PACKAGE)
+}
+
+/// The program `binary`, installing Debian's `package` first (apt-get, as root) if it is not on
+/// PATH.
+pub fn ensure_installed(binary: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = find_in_path(binary) {
         return Ok(path);
     }
     if !is_root() {
         return Err(Unavailable(format!(
-            "{QEMU_BINARY} is not installed and installing {QEMU_PACKAGE} needs root"
+            "{binary} is not installed and installing {package} needs root"
         ))
         .into());
     }
     if find_in_path("apt-get").is_none() {
-        return Err(Unavailable(format!(
-            "{QEMU_BINARY} is not installed and there is no apt-get"
-        ))
-        .into());
+        return Err(
+            Unavailable(format!("{binary} is not installed and there is no apt-get")).into(),
+        );
     }
-    eprintln!("vm-test: installing {QEMU_PACKAGE} (apt-get)");
+    eprintln!("vm-test: installing {package} (apt-get)");
     let install = || {
         run_quiet(
             Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", QEMU_PACKAGE])
+                .args(["install", "-y", "--no-install-recommends", package])
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
     if install().is_err() {
         // A fresh machine may never have fetched the package lists.
         apt_update()?;
-        install().map_err(|e| Unavailable(format!("cannot install {QEMU_PACKAGE}: {e:#}")))?;
+        install().map_err(|e| Unavailable(format!("cannot install {package}: {e:#}")))?;
     }
-    find_in_path(QEMU_BINARY)
-        .ok_or_else(|| anyhow!("{QEMU_PACKAGE} was installed but {QEMU_BINARY} is not on PATH"))
+    find_in_path(binary)
+        .ok_or_else(|| anyhow!("{package} was installed but {binary} is not on PATH"))
 }
 
 /// `QEMU emulator version 7.2.22 (...)` as `qemu 7.2.22`, for the reports.

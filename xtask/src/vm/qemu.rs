@@ -91,6 +91,8 @@ pub struct Machine<'a> {
     pub cpus: u32,
     /// Leave the v1 controllers mountable (the guest's init mounts them instead of cgroup2).
     pub cgroup_v1: bool,
+    /// More kernel arguments (the systemd guest's).
+    pub extra_args: &'a str,
 }
 
 /// Receives the lines of one serial port (without the line end), on its own thread.
@@ -152,10 +154,15 @@ pub fn run(machine: &Machine, ports: Ports, alarm: &Alarm, timeout: Duration) ->
         .arg(machine.initrd)
         .arg("-append")
         .arg(format!(
-            "{KERNEL_ARGS} {} {}",
+            "{KERNEL_ARGS} {} {} {}",
             // pure v2 keeps the v1 controllers from being mounted at all, as systemd distributions do
-            if machine.cgroup_v1 { "" } else { "cgroup_no_v1=all" },
-            lockup::KERNEL_ARGS
+            if machine.cgroup_v1 {
+                ""
+            } else {
+                "cgroup_no_v1=all"
+            },
+            lockup::KERNEL_ARGS,
+            machine.extra_args
         ));
     for (i, name) in names[..3].iter().enumerate() {
         // The console (s0) is muxed so that `Ctrl-A b` sent to it is a serial break (sysrq).
