@@ -81,6 +81,8 @@ pub struct Agent {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The loopback address it listens on (127.0.0.1 unless a test gives each agent its own).
+    pub host: &'static str,
     pub port: u16,
     pub parent: String,
     pub log: PathBuf,
@@ -97,11 +99,13 @@ pub struct AgentOptions {
     pub interval: &'static str,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Loopback address to listen on, as a "node" of its own in a cluster test (127.0.0.2, ...).
+    pub host: &'static str,
 }
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        AgentOptions { trust: vec![PathBuf::from(BIN)], interval: "200ms", extra: Vec::new(), env: Vec::new() }
+        AgentOptions { trust: vec![PathBuf::from(BIN)], interval: "200ms", extra: Vec::new(), env: Vec::new(), host: "127.0.0.1" }
     }
 }
 
@@ -120,13 +124,13 @@ impl Agent {
         let mut args = vec![
             format!("--socket.path={}", socket.display()),
             format!("--trust.path={}", trust.join(";")),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={}:{port}", opts.host),
             format!("--cgroup.parent={parent}"),
             format!("--monitor.interval={}", opts.interval),
             "--log.level=debug".to_string(),
         ];
         args.extend(opts.extra.iter().map(|a| a.replace("{dir}", &dir.path().display().to_string())));
-        let mut agent = Agent { child: None, dir, socket, port, parent, log, started: Vec::new(), args, env: opts.env };
+        let mut agent = Agent { child: None, dir, socket, host: opts.host, port, parent, log, started: Vec::new(), args, env: opts.env };
         agent.spawn();
         agent
     }
@@ -155,7 +159,7 @@ impl Agent {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.socket.exists() && http_get(self.port, "/metrics").is_ok() {
+            if self.socket.exists() && http_get_at(self.host, self.port, "/metrics").is_ok() {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -175,11 +179,11 @@ impl Agent {
     }
 
     pub fn scrape(&self) -> Metrics {
-        Metrics::parse(&http_get(self.port, "/metrics").expect("scrape").1)
+        Metrics::parse(&http_get_at(self.host, self.port, "/metrics").expect("scrape").1)
     }
 
     pub fn scrape_text(&self) -> String {
-        http_get(self.port, "/metrics").expect("scrape").1
+        http_get_at(self.host, self.port, "/metrics").expect("scrape").1
     }
 
     /// `apptheus exec` (this build, trusted by default) running `cmd`.
@@ -346,10 +350,19 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(port, "GET", path, &[])
 }
 
+/// GET from an agent listening on another loopback address.
+pub fn http_get_at(host: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request_at(host, port, "GET", path, &[])
+}
+
 pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_request_at("127.0.0.1", port, method, path, headers)
+}
+
+fn http_request_at(host: &str, port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -43,11 +43,17 @@ impl Prometheus {
 
     /// The result vector of an instant query, once the API answers.
     pub fn query(&self, q: &str) -> Option<Vec<serde_json::Value>> {
+        self.query_at(q, None)
+    }
+
+    /// An instant query evaluated at `time` (Unix seconds), or now.
+    pub fn query_at(&self, q: &str, time: Option<f64>) -> Option<Vec<serde_json::Value>> {
         let encoded: String = q
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
             .collect();
-        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}")).ok()?;
+        let at = time.map(|t| format!("&time={t:.3}")).unwrap_or_default();
+        let (status, body) = http_get(self.port, &format!("/api/v1/query?query={encoded}{at}")).ok()?;
         if status != 200 {
             return None;
         }
@@ -56,7 +62,11 @@ impl Prometheus {
     }
 
     pub fn value(&self, q: &str) -> Option<f64> {
-        let r = self.query(q)?;
+        self.value_at(q, None)
+    }
+
+    pub fn value_at(&self, q: &str, time: Option<f64>) -> Option<f64> {
+        let r = self.query_at(q, time)?;
         r.first()?["value"][1].as_str()?.parse().ok()
     }
 
