@@ -88,6 +88,17 @@ check_basic_metrics() {
   check "$phase: block writes match blkio.throttle.io_service_bytes_recursive ($want)" "$got" near "$got" "$want"
   got=$(label container_fs_writes_bytes_total device "$sel")
   check "$phase: block writes carry the device ram0" "'$got'" eval 'case "$got" in *ram0) true ;; *) false ;; esac'
+
+  # peak memory and the CPU allocation (cAdvisor's names); this container has no CPU limit
+  got=$(value container_memory_max_usage_bytes "$sel"); want=$(cat "$CG/memory$path/memory.max_usage_in_bytes")
+  check "$phase: peak memory >= 64 MiB (the tmpfs file)" "$got" ge "$got" $((64 * MIB))
+  check "$phase: peak memory matches memory.max_usage_in_bytes ($want)" "$got" near "$got" "$want"
+  got=$(value container_spec_cpu_period "$sel"); want=$(cat "$CG/cpu,cpuacct$path/cpu.cfs_period_us")
+  check "$phase: cpu period = cpu.cfs_period_us ($want)" "$got" eq "$got" "$want"
+  got=$(value container_spec_cpu_quota "$sel")
+  check "$phase: no cpu quota series while cpu.cfs_quota_us is $(cat "$CG/cpu,cpuacct$path/cpu.cfs_quota_us")" "$got" [ "$got" = none ]
+  got=$(value container_spec_cpu_shares "$sel"); want=$(cat "$CG/cpu,cpuacct$path/cpu.shares")
+  check "$phase: cpu shares = cpu.shares ($want)" "$got" eq "$got" "$want"
 }
 
 # wait_busy NAME MEMORY_CGROUP_DIR
@@ -125,6 +136,8 @@ if start_agent phase1 9091 /metric_gateway; then
   BUSY=$ID BUSY_CG=$CG_REPORTED BUSY_LAUNCHER=$LAUNCHER
   start_container idle sleep 600
   IDLE=$ID IDLE_LAUNCHER=$LAUNCHER
+  # a CPU limit as `apptainer run --cpus 0.5` sets it, on the idle one (it does not slow the busy one)
+  echo 50000 > "$CG/cpu,cpuacct/metric_gateway/$IDLE/cpu.cfs_quota_us" || note "phase1: cannot write the idle container's cpu.cfs_quota_us"
   wait_busy busy "$CG/memory/metric_gateway/$BUSY"
 
   check_placement phase1 "/metric_gateway/$BUSY" "$BUSY_LAUNCHER"
@@ -149,6 +162,8 @@ if start_agent phase1 9091 /metric_gateway; then
   note "phase1: apptheus_ebpf_up $(value apptheus_ebpf_up)"
   got=$(value container_processes "name=\"$IDLE\"")
   check "phase1: idle processes = 2 (launcher and sleep)" "$got" eq "$got" 2
+  got=$(value container_spec_cpu_quota "name=\"$IDLE\"")
+  check "phase1: idle cpu quota = cpu.cfs_quota_us 50000 (set after placement, seen at a settings refresh)" "$got" eq "$got" 50000
   got=$(value container_cpu_usage_seconds_total "name=\"$IDLE\"" 'cpu="total"')
   check "phase1: idle cpu usage < 0.5 s" "$got" eval 'num "$got" && ! ge "$got" 0.5'
 

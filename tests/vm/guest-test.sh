@@ -83,6 +83,20 @@ check_basic_metrics() {
   check "$phase: block writes match io.stat wbytes ($want)" "$got" near "$got" "$want"
   got=$(label container_fs_writes_bytes_total device "$sel")
   check "$phase: block writes carry the device ram0" "'$got'" eval 'case "$got" in *ram0) true ;; *) false ;; esac'
+
+  # peak memory and the CPU allocation (cAdvisor's names); this container has no CPU limit
+  got=$(value container_memory_max_usage_bytes "$sel"); want=$(cat "$dir/memory.peak")
+  check "$phase: peak memory >= 64 MiB (the tmpfs file)" "$got" ge "$got" $((64 * MIB))
+  check "$phase: peak memory matches memory.peak ($want)" "$got" near "$got" "$want"
+  got=$(value container_spec_cpu_period "$sel"); want=$(cut -d' ' -f2 "$dir/cpu.max")
+  check "$phase: cpu period = cpu.max's period ($want)" "$got" eq "$got" "$want"
+  got=$(value container_spec_cpu_quota "$sel")
+  check "$phase: no cpu quota series while cpu.max is '$(cat "$dir/cpu.max")'" "$got" [ "$got" = none ]
+  want=$(awk '{ printf "%d\n", 2 + int(($1 - 1) * 262142 / 9999) }' "$dir/cpu.weight")
+  got=$(value container_spec_cpu_shares "$sel")
+  check "$phase: cpu shares = cpu.weight $(cat "$dir/cpu.weight") mapped as cAdvisor does ($want)" "$got" eq "$got" "$want"
+  want=$(effective_cpus "$dir"); got=$(value container_spec_cpuset_cpus "$sel")
+  check "$phase: cpuset CPUs = the count of cpuset.cpus.effective '$want'" "$got" eq "$got" "$(cpulist_count "$want")"
 }
 
 # check_pressure PHASE ID DIR: PSI waiting/stalled totals equal the kernel's; waiting is non-zero
@@ -155,6 +169,8 @@ if start_agent phase1 9091 /metric_gateway; then
   BUSY=$ID BUSY_CG=$CG_REPORTED BUSY_LAUNCHER=$LAUNCHER
   start_container idle sleep 600
   IDLE=$ID IDLE_LAUNCHER=$LAUNCHER
+  # a CPU limit as `apptainer run --cpus 0.5` sets it, on the idle one (it does not slow the busy one)
+  echo "50000 100000" > "$P1/$IDLE/cpu.max" || note "phase1: cannot write the idle container's cpu.max"
   wait_busy busy "$P1/$BUSY"
 
   check_parent phase1 "$P1"
@@ -176,6 +192,8 @@ if start_agent phase1 9091 /metric_gateway; then
   check "phase1: idle cpu usage < 0.5 s" "$got" eval 'num "$got" && ! ge "$got" 0.5'
   got=$(value container_processes "name=\"$IDLE\"")
   check "phase1: idle processes = 2 (launcher and sleep)" "$got" eq "$got" 2
+  got=$(value container_spec_cpu_quota "name=\"$IDLE\"")
+  check "phase1: idle cpu quota = cpu.max's 50000 (set after placement, seen at a settings refresh)" "$got" eq "$got" 50000
 
   # the end of the containers
   release_busy
@@ -300,6 +318,8 @@ if start_agent phase3 9093 /metric_gateway; then
   check "phase3: cpu usage matches the nested cpu.stat ($want s)" "$got" near "$got" "$want"
   got=$(value container_memory_usage_bytes "name=\"$ID\"")
   check "phase3: no memory series where the memory controller cannot be enabled (omitted, not 0)" "$got" [ "$got" = none ]
+  got=$(value container_spec_cpuset_cpus "name=\"$ID\"")
+  check "phase3: cpuset CPUs = 1, the job's cpuset.cpus 0 (from the nearest ancestor with a cpuset)" "$got" eq "$got" 1
   got=$(cat "$NESTED/cgroup.controllers" 2>/dev/null)
   note "phase3: controllers in the nested cgroup: '$got'"
   echo 1 > "$JOB/cgroup.kill"

@@ -61,6 +61,21 @@ label() {
       if (match($0, "[{,]" l "=\"[^\"]*\"")) { print substr($0, RSTART + length(l) + 3, RLENGTH - length(l) - 4); exit } }' "$S/metrics"
 }
 
+# cpulist_count LIST: the number of CPUs in a kernel CPU list ("0-3,8" -> 5)
+cpulist_count() {
+  echo "$1" | awk -F, '{ for (i = 1; i <= NF; i++) { if ($i == "") continue; n = split($i, r, "-"); c += (n == 2 ? r[2] - r[1] + 1 : 1) } } END { print c + 0 }'
+}
+# effective_cpus DIR: cpuset.cpus.effective of DIR or of its nearest ancestor that has one (the
+# cpuset controller need not be enabled down to DIR)
+effective_cpus() {
+  local d=$1
+  while [ "$d" != / ] && [ -n "$d" ]; do
+    [ -r "$d/cpuset.cpus.effective" ] && { cat "$d/cpuset.cpus.effective"; return; }
+    d=${d%/*}
+  done
+  cat /sys/devices/system/cpu/online
+}
+
 # --- processes --------------------------------------------------------------------------------
 # wait_until SECONDS CMD...: poll CMD every 0.1 s
 wait_until() {
