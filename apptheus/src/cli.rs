@@ -5,11 +5,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::cgroup::Placement;
-use crate::exposition::Group;
-use crate::duration::parse_duration;
+use crate::placement::Placement;
+use crate::scrape::exposition::Group;
+use crate::support::duration::parse_duration;
+pub use crate::support::logging::{LogFormat, LogLevel};
 
 pub const DEFAULT_SOCKET: &str = "/run/apptheus/gateway.sock";
 
@@ -164,20 +165,6 @@ pub struct ExecArgs {
     /// The command to run and its arguments (after `--`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     pub command: Vec<OsString>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Logfmt,
-    Json,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {

@@ -10,7 +10,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::ExecArgs;
-use crate::gateway::Ack;
+use crate::launcher::Ack;
 
 /// Exit code when the launcher itself fails (no agent, refused), as `env` and container
 /// runtimes use it.

@@ -1,41 +1,29 @@
 //! apptheus: per-container Prometheus metrics for Apptainer and any program a trusted launcher
-//! starts. One module per concern:
+//! starts. One module per concern; data flows down this list, never back up:
 //!
-//! - [`cli`], [`duration`], [`logging`]: command line and log output
-//! - [`trust`]: who is calling (SO_PEERCRED, pidfd, executable identity)
-//! - [`gateway`]: the launcher socket and placement of callers
+//! - [`cli`]: the command line; [`exec`]: our own launcher, `apptheus exec`
+//! - [`daemon`]: start-up, wiring (each part gets the narrow handle it needs), shutdown, systemd
+//! - [`launcher`]: the launcher socket and trust (accepting, verifying, answering)
+//! - [`placement`]: where a container's cgroup goes, moving the launcher in, who it is
+//! - [`sampler`]: one thread sampling every container's cgroup
+//! - [`http`]: the metrics endpoint (TLS, auth, limits, routes)
+//! - [`scrape`]: the container series and the agent's own registry, encoded for a scrape
+//! - [`store`]: every container and its latest sample; the persistence file
+//! - [`ebpf`]: the eBPF programs, their maps and per-container counting
 //! - [`cgroup`]: hierarchy layout, container cgroups, sampling per cgroup version
 //! - [`kernfs`]: every kernel file format, parsed in one place each
-//! - [`proctree`]: descendants of a launcher from /proc
-//! - [`store`], [`exposition`], [`telemetry`]: the metric store, the container series written
-//!   from it at each scrape, the agent's own series
-//! - [`monitor`]: the per-container sampling task
-//! - [`http`]: the metrics endpoint
-//! - [`exec`]: our own launcher, `apptheus exec`
-//! - [`service_manager`]: readiness and watchdog notifications to systemd
-//! - [`agent`]: wiring and lifecycle of the daemon
+//! - [`support`]: durations, logging, heap tuning, fault points for tests
 
-pub mod agent;
 pub mod cgroup;
-pub mod cgroup_labels;
 pub mod cli;
-pub mod duration;
-pub mod environ;
+pub mod daemon;
 pub mod ebpf;
 pub mod exec;
-pub mod exposition;
-pub mod faults;
-pub mod gateway;
-pub mod heap;
 pub mod http;
 pub mod kernfs;
-pub mod logging;
-pub mod monitor;
-pub mod persistence;
-pub mod proctree;
-pub mod recovery;
-pub mod service_manager;
+pub mod launcher;
+pub mod placement;
+pub mod sampler;
+pub mod scrape;
 pub mod store;
-pub mod telemetry;
-pub mod trust;
-pub mod user_names;
+pub mod support;

@@ -26,9 +26,9 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
-    apptheus::heap::limit_arenas();
-    apptheus::logging::init(args.log_level, args.log_format);
-    let _faults = apptheus::faults::setup();
+    apptheus::support::heap::limit_arenas();
+    apptheus::support::logging::init(args.log_level, args.log_format);
+    let _faults = apptheus::support::faults::setup();
     let workers = std::thread::available_parallelism().map(|n| n.get().min(4)).unwrap_or(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -44,7 +44,7 @@ fn run_agent(args: apptheus::cli::AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(apptheus::agent::run(args)) {
+    match runtime.block_on(apptheus::daemon::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("apptheus: {err:#}");

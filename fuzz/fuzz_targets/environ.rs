@@ -2,7 +2,7 @@
 //! unprivileged user who starts the container) turned into labels. Input: the wanted variable
 //! names, one per line, then a NUL byte, then the environ block.
 #![no_main]
-use apptheus::environ::{label_name, pick};
+use apptheus::placement::environ::{label_name, pick};
 use libfuzzer_sys::fuzz_target;
 
 fn assert_label_name(name: &str, from: &str) {

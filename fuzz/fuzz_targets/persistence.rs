@@ -3,7 +3,7 @@
 #![no_main]
 use std::path::Path;
 
-use apptheus::persistence::decode;
+use apptheus::store::persistence::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use super::layout::{Layout, Mode};
-use super::placement::ContainerCgroup;
+use super::container::ContainerCgroup;
 use super::files::CgroupFiles;
 use super::sample::{DeviceIo, Sample};
 use crate::kernfs::{self, Limit, ParseError};

@@ -28,11 +28,14 @@ use aya::{
 
 mod batch;
 mod btf;
+mod counting;
 mod logs;
 mod programs;
 pub mod query;
 #[cfg(test)]
 mod tests;
+
+pub use counting::Counting;
 
 use programs::{Fallbacks, PROGRAMS};
 

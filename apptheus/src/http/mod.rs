@@ -6,8 +6,6 @@
 //! - [`tls`]: rustls configuration, client certificate policies, plain HTTP on the TLS port;
 //! - [`auth`]: basic auth against bcrypt hashes, with a cache;
 //! - [`routes`]: `--web.external-url`, `--web.route-prefix` and the paths served;
-//! - [`negotiate`], [`openmetrics`]: content negotiation and the OpenMetrics encoder;
-//! - [`render`]: the body of a scrape (own and container families, gzip);
 //! - [`service`]: what each request gets (limits, auth, routes, scrapes);
 //! - [`server`]: the accept loop, connection limits, hyper, graceful shutdown.
 //!
@@ -15,9 +13,6 @@
 
 pub mod auth;
 pub mod live;
-pub mod negotiate;
-pub mod openmetrics;
-pub mod render;
 pub mod routes;
 pub mod server;
 pub mod service;
@@ -32,10 +27,23 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::agent::Agent;
-use crate::cli::AgentArgs;
+use tokio_util::sync::CancellationToken;
+
+use crate::scrape::Scrape;
 use live::LiveConfig;
 use routes::Routes;
+
+/// The web flags (`--web.*`).
+pub struct WebOptions {
+    pub listen_address: String,
+    pub config_file: String,
+    pub external_url: String,
+    pub route_prefix: String,
+    pub telemetry_path: String,
+    pub max_requests: usize,
+    pub max_connections: u32,
+    pub request_timeout: Duration,
+}
 
 /// A bound, configured web endpoint, not yet serving.
 pub struct Web {
@@ -49,17 +57,17 @@ pub struct Web {
 
 /// Check the web flags and `--web.config.file` (certificates included), then bind
 /// `--web.listen-address`. Every error is one line, and nothing is served yet.
-pub async fn bind(args: &AgentArgs) -> Result<Web> {
-    let routes = Routes::new(&args.web_external_url, &args.web_route_prefix, &args.web_telemetry_path)?;
-    let live = LiveConfig::load(&args.web_config_file)?;
-    let listener = listen(&args.web_listen_address).await?;
+pub async fn bind(options: &WebOptions) -> Result<Web> {
+    let routes = Routes::new(&options.external_url, &options.route_prefix, &options.telemetry_path)?;
+    let live = LiveConfig::load(&options.config_file)?;
+    let listener = listen(&options.listen_address).await?;
     Ok(Web {
         listener,
         live,
         routes,
-        max_requests: args.web_max_requests,
-        max_connections: args.web_max_connections as usize,
-        request_timeout: args.web_request_timeout,
+        max_requests: options.max_requests,
+        max_connections: options.max_connections as usize,
+        request_timeout: options.request_timeout,
     })
 }
 
@@ -81,9 +89,8 @@ async fn listen(address: &str) -> Result<TcpListener> {
     TcpListener::bind((host, port)).await.with_context(|| format!("listening on {address}"))
 }
 
-/// Serve until `agent.shutdown`.
-pub async fn serve(web: Web, agent: Arc<Agent>) {
-    let shutdown = agent.shutdown.clone();
+/// Serve scrapes of `scrape` until `shutdown`.
+pub async fn serve(web: Web, scrape: Arc<Scrape>, shutdown: CancellationToken) {
     let address = web.listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let config = web.live.current();
     tracing::info!(
@@ -96,7 +103,7 @@ pub async fn serve(web: Web, agent: Arc<Agent>) {
         "web endpoint serving"
     );
     let shared = Arc::new(service::Shared {
-        agent,
+        scrape,
         routes: web.routes,
         live: web.live,
         auth: auth::Authenticator::default(),

@@ -19,13 +19,11 @@ use tokio::sync::Semaphore;
 
 use super::auth::Authenticator;
 use super::live::LiveConfig;
-use super::negotiate;
-use super::render::render;
 use super::routes::Routes;
-use crate::agent::Agent;
+use crate::scrape::{negotiate, Scrape};
 
 pub struct Shared {
-    pub agent: Arc<Agent>,
+    pub scrape: Arc<Scrape>,
     pub routes: Routes,
     pub live: LiveConfig,
     pub auth: Authenticator,
@@ -123,10 +121,10 @@ async fn metrics(shared: &Shared, headers: &HeaderMap) -> Response {
     let format = negotiate::negotiate(header_str(header::ACCEPT));
     let user_agent = header_str(header::USER_AGENT).unwrap_or("").to_string();
     let gzip = negotiate::wants_gzip(header_str(header::ACCEPT_ENCODING));
-    let agent = shared.agent.clone();
+    let scrape = shared.scrape.clone();
     let work = tokio::task::spawn_blocking(move || {
         let _slot = permit;
-        render(&agent, format, gzip)
+        scrape.render(format, gzip)
     });
     match work.await {
         Ok(Ok(body)) => {

@@ -41,7 +41,7 @@ use axum::http::{HeaderName, HeaderValue};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::duration::parse_duration;
+use crate::support::duration::parse_duration;
 
 /// A validated configuration, with file names resolved.
 #[derive(Debug, Default)]

@@ -5,8 +5,8 @@
 
 use prometheus::proto::MetricType;
 
-use super::families::{Fam, Family};
-use super::series::{self, MachineTotals, Runqueue, Value, RUNQ_BUCKETS};
+use super::families::{Family, MachineTotals, Values};
+use super::series::{self, Runqueue, Value, RUNQ_BUCKETS};
 use super::Row;
 
 /// Field keys: (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
@@ -65,29 +65,20 @@ fn label_len(name: &str, value: &str) -> usize {
     bytes_field_len(name.len()) + bytes_field_len(value.len())
 }
 
-/// Appends family `fam` as one delimited message; nothing when no row has a series in it.
-pub fn write_family(out: &mut Vec<u8>, fam: Fam, header: &[u8], rows: &[Row<'_>], machine: MachineTotals) {
+/// Appends `family` as one delimited message; nothing when no row has a series in it.
+pub fn write_family(out: &mut Vec<u8>, family: &Family, header: &[u8], rows: &[Row<'_>], machine: MachineTotals) {
     let start = out.len();
     out.extend_from_slice(header);
     let first_metric = out.len();
-    let kind = fam.family().kind;
-    match fam {
-        Fam::Container(f) => {
-            let bounds = series::runqueue_bounds();
-            for row in rows {
-                series::container(f, row.entry, &row.io, |extra, value| match value {
-                    Value::Number(v) => number_metric(out, kind, &row.labels, extra, v),
-                    Value::Runqueue(c) => histogram_metric(out, &row.labels, &Runqueue::new(c), &bounds),
-                });
-            }
-        }
-        Fam::Legacy(l) => {
-            for row in rows {
-                if let Some(v) = series::legacy(l, row.entry, machine) {
-                    number_metric(out, kind, &row.legacy_labels, None, v);
-                }
-            }
-        }
+    let kind = family.kind;
+    let legacy = matches!(family.values, Values::Legacy(_));
+    let bounds = series::runqueue_bounds();
+    for row in rows {
+        let labels = if legacy { &row.legacy_labels } else { &row.labels };
+        series::each(family, row.entry, &row.io, machine, |extra, value| match value {
+            Value::Number(v) => number_metric(out, kind, labels, extra, v),
+            Value::Runqueue(c) => histogram_metric(out, labels, &Runqueue::new(c), &bounds),
+        });
     }
     if out.len() == first_metric {
         out.truncate(start);

@@ -15,7 +15,7 @@ use std::io::Write as _;
 
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::exposition::{escape, number, openmetrics_header as header};
+use super::exposition::{escape, number, openmetrics_header as header};
 
 /// Render `families` (as `Registry::gather` returns them: sorted, one family per name).
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ebpf::query::{programs_at, BPF_ATTACH_TYPES};
 
-use super::layout::{Hierarchy, Version};
+use crate::cgroup::{Hierarchy, Version};
 
 /// One thing set on a cgroup that a process would leave by moving out from under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,7 +201,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::layout::Version;
+    use crate::cgroup::Version;
 
     fn v2(mount: &Path) -> Hierarchy {
         Hierarchy {

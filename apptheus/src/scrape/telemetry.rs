@@ -1,17 +1,10 @@
-//! The agent's own series (`apptheus_*`, `process_*`) in a prometheus registry, and the
-//! container series ([`Exposition`]), which a scrape writes around them in name order.
-
-use std::sync::Arc;
+//! The agent's own series (`apptheus_*`, `process_*`) in a prometheus registry. The modules
+//! that change them get their instruments (clones of the fields here), not this struct.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::exposition::{Disabled, Exposition};
-use crate::store::Store;
-
 pub struct Telemetry {
     pub registry: Registry,
-    /// The container series: written straight from the store, not gathered as protos.
-    pub exposition: Exposition,
     /// `apptheus_connections_total{result="accepted|refused|failed"}`.
     pub connections: IntCounterVec,
     pub containers: IntGauge,
@@ -28,12 +21,8 @@ pub struct Telemetry {
     ebpf_attached: IntGaugeVec,
 }
 
-pub const RESULT_ACCEPTED: &str = "accepted";
-pub const RESULT_REFUSED: &str = "refused";
-pub const RESULT_FAILED: &str = "failed";
-
 impl Telemetry {
-    pub fn new(store: Arc<Store>, legacy: bool, disabled: &Disabled) -> prometheus::Result<Telemetry> {
+    pub fn new() -> prometheus::Result<Telemetry> {
         let registry = Registry::new();
         let build_info = IntGauge::with_opts(
             Opts::new("apptheus_build_info", "A metric with a constant '1' value labeled by version and rustc target.")
@@ -46,9 +35,6 @@ impl Telemetry {
             Opts::new("apptheus_connections_total", "Launcher connections by result: accepted (placed), refused (not trusted or gone), failed (placement error)."),
             &["result"],
         )?;
-        for r in [RESULT_ACCEPTED, RESULT_REFUSED, RESULT_FAILED] {
-            connections.with_label_values(&[r]);
-        }
         let containers = IntGauge::new("apptheus_containers", "Containers monitored now.")?;
         let sample_duration = Histogram::with_opts(
             HistogramOpts::new("apptheus_sample_duration_seconds", "Time taken to sample one container's cgroup.")
@@ -88,7 +74,6 @@ impl Telemetry {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Telemetry {
             registry,
-            exposition: Exposition::without(store, legacy, disabled),
             connections,
             containers,
             sample_duration,
@@ -109,9 +94,5 @@ impl Telemetry {
         for (name, attached) in programs {
             self.ebpf_attached.with_label_values(&[name]).set(i64::from(*attached));
         }
-    }
-
-    pub fn count_connection(&self, result: &str) {
-        self.connections.with_label_values(&[result]).inc();
     }
 }

@@ -3,8 +3,6 @@
 //! that only a dropped group needs. The lifecycle series (start, last seen, end) are always
 //! exported: they identify a container.
 
-use super::families::{Fam, F};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Group {
     Cpu,
@@ -41,26 +39,6 @@ impl Group {
             format!("unknown metric group {text:?}; known groups: {}", known.join(", "))
         })
     }
-
-    /// The group a family belongs to; `None` for the lifecycle series, always exported.
-    pub fn of(fam: Fam) -> Option<Group> {
-        let f = match fam {
-            Fam::Legacy(_) => return Some(Group::Legacy),
-            Fam::Container(f) => f,
-        };
-        Some(match f {
-            F::CpuUsage | F::CpuUser | F::CpuSystem | F::CfsPeriods | F::CfsThrottledPeriods | F::CfsThrottledSeconds => Group::Cpu,
-            F::CpuQuota | F::CpuPeriod | F::CpuShares | F::CpusetCpus => Group::Cpu,
-            F::MemUsage | F::MemWorkingSet | F::MemRss | F::MemCache | F::MemSwap | F::MemFailcnt | F::MemLimit => Group::Memory,
-            F::MemSwapLimit | F::MemMaxUsage | F::OomEvents | F::OomKills => Group::Memory,
-            F::FsReadBytes | F::FsWriteBytes | F::FsReads | F::FsWrites => Group::Io,
-            F::CpuWaiting | F::CpuStalled | F::MemWaiting | F::MemStalled | F::IoWaiting | F::IoStalled => Group::Pressure,
-            F::Processes | F::Threads | F::ThreadsMax | F::Forks | F::Execs | F::Exits => Group::Processes,
-            F::NetRxBytes | F::NetTxBytes | F::NetRxPackets | F::NetTxPackets => Group::Network,
-            F::ContextSwitches | F::RunqueueLatency => Group::Sched,
-            F::StartTime | F::LastSeen | F::EndTime => return None,
-        })
-    }
 }
 
 /// The groups a site turned off.
@@ -76,16 +54,16 @@ impl Disabled {
         self.0.contains(&group)
     }
 
-    /// Whether `fam` is exported.
-    pub fn exports(&self, fam: Fam) -> bool {
-        Group::of(fam).is_none_or(|g| !self.has(g))
+    /// Whether a family of `group` is exported (`None`: the lifecycle series, always).
+    pub fn exports(&self, group: Option<Group>) -> bool {
+        group.is_none_or(|g| !self.has(g))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exposition::families::L;
+    use crate::scrape::exposition::families::{Family, CONTAINER, LEGACY};
 
     #[test]
     fn every_group_names_itself_and_parses_back() {
@@ -98,14 +76,14 @@ mod tests {
 
     #[test]
     fn every_group_holds_a_family_and_lifecycle_series_stay() {
-        let all: Vec<Fam> = F::ALL.iter().map(|&f| Fam::Container(f)).chain(L::ALL.iter().map(|&l| Fam::Legacy(l))).collect();
+        let all: Vec<&Family> = CONTAINER.iter().chain(LEGACY).collect();
         for &g in Group::ALL {
-            assert!(all.iter().any(|&f| Group::of(f) == Some(g)), "group {} is empty", g.name());
+            assert!(all.iter().any(|f| f.group == Some(g)), "group {} is empty", g.name());
         }
         let everything = Disabled::new(Group::ALL);
-        let kept: Vec<&str> = all.iter().filter(|&&f| everything.exports(f)).map(|f| f.family().name).collect();
+        let kept: Vec<&str> = all.iter().filter(|f| everything.exports(f.group)).map(|f| f.name).collect();
         assert_eq!(kept, ["container_start_time_seconds", "container_last_seen", "container_end_time_seconds"]);
-        assert!(Disabled::default().exports(Fam::Container(F::RunqueueLatency)));
-        assert!(!Disabled::new(&[Group::Sched]).exports(Fam::Container(F::RunqueueLatency)));
+        assert!(Disabled::default().exports(Some(Group::Sched)));
+        assert!(!Disabled::new(&[Group::Sched]).exports(Some(Group::Sched)));
     }
 }

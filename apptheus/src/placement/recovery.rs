@@ -140,7 +140,7 @@ fn info_from_name(name: &str, cg: &ContainerCgroup, any_pid: i32) -> ContainerIn
     let user = procfs::process::Process::new(owner)
         .and_then(|p| p.uid())
         .ok()
-        .map(crate::user_names::name_of)
+        .map(crate::placement::user_names::name_of)
         .unwrap_or_default();
     let started = cg
         .dirs

@@ -14,13 +14,39 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use prometheus::{Histogram, IntCounterVec, IntGauge};
+use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
-use crate::cgroup::{self, CgroupFiles, ContainerCgroup, ContainerDescriptors, Timed};
-use crate::ebpf::EbpfCounters;
+use crate::cgroup::{self, CgroupFiles, Collector, ContainerCgroup, ContainerDescriptors, Timed};
+use crate::ebpf::{Counting, EbpfCounters};
+use crate::store::Store;
+
+/// What the sampling thread needs, and nothing else.
+pub struct Setup {
+    pub collectors: Vec<Box<dyn Collector>>,
+    pub store: Arc<Store>,
+    pub ebpf: Arc<Counting>,
+    /// `--monitor.interval`.
+    pub interval: Duration,
+    /// `--metrics.retention`: zero drops an ended container's series at once.
+    pub retention: Duration,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
+/// The agent's own series the sampler keeps up to date.
+pub struct Metrics {
+    /// `apptheus_sample_duration_seconds`.
+    pub duration: Histogram,
+    /// `apptheus_sample_errors_total{source}`.
+    pub errors: IntCounterVec,
+    /// `apptheus_containers`.
+    pub containers: IntGauge,
+}
 
 /// The way in to the sampling thread.
-pub struct Monitor {
+#[derive(Clone)]
+pub struct SamplerQueue {
     queue: Sender<Command>,
 }
 
@@ -33,11 +59,11 @@ enum Command {
     Ping(tokio::sync::oneshot::Sender<()>),
 }
 
-impl Monitor {
-    /// The monitor and the queue [`start`] takes.
-    pub fn new() -> (Monitor, Queue) {
+impl SamplerQueue {
+    /// The queue, and its receiving end that [`start`] takes.
+    pub fn new() -> (SamplerQueue, Commands) {
         let (queue, commands) = mpsc::channel();
-        (Monitor { queue }, Queue(commands))
+        (SamplerQueue { queue }, Commands(commands))
     }
 
     /// Sample `cg` until no process is left in it; `ebpf_id` is its cgroup id when it is
@@ -62,15 +88,16 @@ impl Monitor {
     }
 }
 
-/// The receiving end of a [`Monitor`].
-pub struct Queue(Receiver<Command>);
+/// The receiving end of a [`SamplerQueue`].
+pub struct Commands(Receiver<Command>);
 
 /// Start the sampling thread. Removing cgroups (which may wait and retry) and freeing eBPF map
 /// entries go to `runtime`'s blocking pool, so that they never delay a sample.
-pub fn start(agent: Arc<Agent>, queue: Queue, runtime: tokio::runtime::Handle) -> Result<JoinHandle<()>> {
+pub fn start(setup: Setup, commands: Commands, runtime: tokio::runtime::Handle) -> Result<JoinHandle<()>> {
+    let setup = Arc::new(setup);
     std::thread::Builder::new()
         .name("apptheus-sample".into())
-        .spawn(move || Sampler { agent, runtime, containers: Vec::new() }.run(queue.0))
+        .spawn(move || Sampler { setup, runtime, containers: Vec::new() }.run(commands.0))
         .context("starting the sampling thread")
 }
 
@@ -94,7 +121,7 @@ struct EbpfTrack {
 }
 
 struct Sampler {
-    agent: Arc<Agent>,
+    setup: Arc<Setup>,
     runtime: tokio::runtime::Handle,
     containers: Vec<Watched>,
 }
@@ -116,10 +143,10 @@ impl Sampler {
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if self.agent.shutdown.is_cancelled() {
+            if self.setup.shutdown.is_cancelled() {
                 return;
             }
-            crate::faults::point("monitor::pass");
+            crate::support::faults::point("monitor::pass");
             self.sample_due(Instant::now());
         }
     }
@@ -127,16 +154,16 @@ impl Sampler {
     fn add(&mut self, id: String, cg: ContainerCgroup, ebpf_id: Option<u64>) {
         // What an earlier agent run counted (from the persistence file) is the base the
         // counters continue.
-        let base = self.agent.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default();
+        let base = self.setup.store.get(&id).and_then(|e| e.latest).and_then(|t| t.sample.ebpf.clone()).unwrap_or_default();
         // The launcher's connection and the container's own eBPF links.
-        let descriptors = cgroup::DESCRIPTORS.take_for_container(1 + self.agent.ebpf().descriptors_per_container());
+        let descriptors = cgroup::DESCRIPTORS.take_for_container(1 + self.setup.ebpf.lock().descriptors_per_container());
         let files = CgroupFiles::new();
         self.containers.push(Watched { id, cg, files, ebpf: EbpfTrack { id: ebpf_id, base }, descriptors, due: None });
     }
 
     /// Sample every container due by `now`; those found empty are finished.
     fn sample_due(&mut self, now: Instant) {
-        let interval = self.agent.interval;
+        let interval = self.setup.interval;
         let mut i = 0;
         while i < self.containers.len() {
             let c = &mut self.containers[i];
@@ -144,9 +171,9 @@ impl Sampler {
                 i += 1;
                 continue;
             }
-            let agent = &self.agent;
+            let setup = &self.setup;
             // A bug met while sampling one container ends its monitoring, not everyone's.
-            let state = catch_unwind(AssertUnwindSafe(|| sample_once(agent, c))).unwrap_or_else(|_| {
+            let state = catch_unwind(AssertUnwindSafe(|| sample_once(setup, c))).unwrap_or_else(|_| {
                 tracing::error!(container = %c.id, "sampling panicked; ending monitoring");
                 State::Gone
             });
@@ -168,17 +195,17 @@ impl Sampler {
         let Watched { id, cg, files, ebpf, descriptors, .. } = c;
         drop(files); // the descriptors keep the cgroup's files open; close them before rmdir
         drop(descriptors);
-        let agent = &self.agent;
-        if agent.retention.is_zero() {
-            agent.store.remove(&id);
+        let setup = &self.setup;
+        if setup.retention.is_zero() {
+            setup.store.remove(&id);
         } else {
-            agent.store.finish(&id, SystemTime::now());
+            setup.store.finish(&id, SystemTime::now());
         }
-        agent.telemetry.containers.set(agent.store.live_count() as i64);
-        let agent = agent.clone();
+        setup.metrics.containers.set(setup.store.live_count() as i64);
+        let counting = setup.ebpf.clone();
         self.runtime.spawn_blocking(move || {
             if let Some(cgid) = ebpf.id {
-                ebpf_unwatch(&agent, cgid);
+                counting.unwatch(cgid);
             }
             let path = cg.path.clone();
             match cg.remove() {
@@ -197,8 +224,8 @@ enum State {
     Gone,
 }
 
-fn sample_once(agent: &Agent, c: &mut Watched) -> State {
-    let sample = take_sample(agent, &c.id, &c.cg, &mut c.files, &c.ebpf);
+fn sample_once(setup: &Setup, c: &mut Watched) -> State {
+    let sample = take_sample(setup, &c.id, &c.cg, &mut c.files, &c.ebpf);
     // Processes listed in the sample mean it is populated; only an empty list (or none) needs
     // the cgroup's own answer, which also covers processes in sub-cgroups.
     let populated = match sample.sample.processes {
@@ -207,7 +234,7 @@ fn sample_once(agent: &Agent, c: &mut Watched) -> State {
     };
     match populated {
         Ok(true) => {
-            agent.store.record(&c.id, sample);
+            setup.store.record(&c.id, sample);
             State::Running
         }
         Ok(false) => {
@@ -216,11 +243,11 @@ fn sample_once(agent: &Agent, c: &mut Watched) -> State {
             // and rare-event counters are not read in every sample), and the eBPF counters
             // exactly (the sample's may trail by part of an interval).
             c.files.refresh_all();
-            let mut sample = take_sample(agent, &c.id, &c.cg, &mut c.files, &c.ebpf);
+            let mut sample = take_sample(setup, &c.id, &c.cg, &mut c.files, &c.ebpf);
             if let Some(cgid) = c.ebpf.id {
-                sample.sample.ebpf = agent.ebpf().read_continuing(cgid, &c.ebpf.base);
+                sample.sample.ebpf = setup.ebpf.lock().read_continuing(cgid, &c.ebpf.base);
             }
-            agent.store.record(&c.id, sample);
+            setup.store.record(&c.id, sample);
             State::Ended
         }
         Err(err) => {
@@ -260,66 +287,31 @@ fn next_due(due: Option<Instant>, interval: Duration, now: Instant) -> Instant {
     next + interval * u32::try_from(missed).unwrap_or(u32::MAX)
 }
 
-/// Start counting the container in the eBPF maps; its cgroup id, or None when eBPF is off or
-/// the container has no cgroup v2 directory.
-pub fn ebpf_watch(agent: &Agent, id: &str, cg: &ContainerCgroup) -> Option<u64> {
-    let dir = cg.unified_dir()?;
-    let mut ebpf = agent.ebpf();
-    // Some programs may have been rejected (an older kernel): count with those that work.
-    if !ebpf.programs().iter().any(|(_, attached)| *attached) {
-        return None;
-    }
-    let cgid = match crate::ebpf::cgroup_id(dir) {
-        Ok(cgid) => cgid,
-        Err(err) => {
-            tracing::warn!(container = %id, path = %dir.display(), %err, "no cgroup id; no eBPF counters");
-            return None;
-        }
-    };
-    let watched = ebpf.watch(cgid, dir);
-    agent.telemetry.ebpf_containers.set(ebpf.watched() as i64);
-    match watched {
-        Ok(()) => Some(cgid),
-        Err(err) => {
-            agent.telemetry.ebpf_watch_errors.inc();
-            tracing::warn!(container = %id, err = %format!("{err:#}"), "cannot watch the container in the eBPF maps; no eBPF counters for it");
-            None
-        }
-    }
-}
-
-/// Stop counting the container in the eBPF maps, freeing its entries for another container.
-pub fn ebpf_unwatch(agent: &Agent, cgid: u64) {
-    let mut ebpf = agent.ebpf();
-    ebpf.unwatch(cgid);
-    agent.telemetry.ebpf_containers.set(ebpf.watched() as i64);
-}
-
-fn take_sample(agent: &Agent, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) -> Timed {
+fn take_sample(setup: &Setup, id: &str, cg: &ContainerCgroup, files: &mut CgroupFiles, ebpf: &EbpfTrack) -> Timed {
     let start = Instant::now();
-    let (mut sample, errors) = cgroup::sample(&agent.collectors, cg, files);
+    let (mut sample, errors) = cgroup::sample(&setup.collectors, cg, files);
     if let Some(cgid) = ebpf.id {
-        sample.ebpf = agent.ebpf().read_recent(cgid, &ebpf.base, agent.interval);
+        sample.ebpf = setup.ebpf.lock().read_recent(cgid, &ebpf.base, setup.interval);
     }
     let at = SystemTime::now();
-    agent.telemetry.sample_duration.observe(start.elapsed().as_secs_f64());
+    setup.metrics.duration.observe(start.elapsed().as_secs_f64());
     for (source, err) in errors {
-        agent.telemetry.sample_errors.with_label_values(&[source]).inc();
+        setup.metrics.errors.with_label_values(&[source]).inc();
         tracing::debug!(container = %id, source, %err, "sample error");
     }
     Timed { at, sample }
 }
 
 /// Drop the series of containers that ended more than `--metrics.retention` ago.
-pub async fn expire_ended(agent: Arc<Agent>) {
-    let period = agent.retention.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1));
+pub async fn expire_ended(store: Arc<Store>, retention: Duration, shutdown: CancellationToken) {
+    let period = retention.clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(period);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = agent.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
-        for id in agent.store.expire(SystemTime::now(), agent.retention) {
+        for id in store.expire(SystemTime::now(), retention) {
             tracing::debug!(container = %id, "retention over; series dropped");
         }
     }

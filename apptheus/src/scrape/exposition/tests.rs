@@ -8,13 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, ProtobufEncoder, Registry, TextEncoder};
 use proptest::prelude::*;
 
-use super::families::{F, L};
+use super::families;
 use super::reference::ContainerCollector;
 use super::Exposition;
 use crate::cgroup::{DeviceIo, Sample, Timed};
 use crate::ebpf::EbpfCounters;
-use crate::http::negotiate::{Format, OpenMetricsVersion};
-use crate::http::{openmetrics, render};
+use crate::scrape::negotiate::{Format, OpenMetricsVersion};
+use crate::scrape::{self as render, openmetrics};
 use crate::kernfs::{Limit, Pressure, PressureLine};
 use crate::store::{ContainerInfo, Record, Store};
 
@@ -254,7 +254,7 @@ fn direct_writers_match_the_reference_path() {
     check_all_formats(&store, "varied store");
     // The store exercises every family.
     let text = String::from_utf8(direct(&Exposition::new(store, true), Format::Text)).unwrap();
-    for family in F::ALL.iter().map(|f| f.family()).chain(L::ALL.iter().map(|l| l.family())) {
+    for family in families::CONTAINER.iter().chain(families::LEGACY) {
         assert!(text.contains(&format!("\n# TYPE {} ", family.name)), "no series in {}", family.name);
     }
 }
@@ -267,7 +267,7 @@ fn empty_store_writes_the_registry_families_only() {
 #[test]
 fn own_families_never_share_a_name_with_container_families() {
     let store = Arc::new(Store::new());
-    let telemetry = crate::telemetry::Telemetry::new(store.clone(), true, &Default::default()).unwrap();
+    let telemetry = crate::scrape::telemetry::Telemetry::new().unwrap();
     let own: Vec<String> = telemetry.registry.gather().iter().map(|mf| mf.name().to_string()).collect();
     for name in Exposition::new(store, true).family_names() {
         assert!(!own.iter().any(|o| o == name), "{name} is both an agent and a container family");

@@ -176,7 +176,7 @@ mod tests {
         let wanted = ["APPTHEUS_TEST_OUTER".to_string(), "APPTHEUS_TEST_INNER".to_string(), "APPTHEUS_TEST_NONE".to_string()];
         let mut got = Vec::new();
         for _ in 0..300 {
-            if let Some(sleeper) = crate::proctree::descendants(shell.id() as i32).into_iter().find(|p| {
+            if let Some(sleeper) = crate::placement::proctree::descendants(shell.id() as i32).into_iter().find(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
             }) {
                 got = env_labels(sleeper, &wanted);

@@ -1,54 +1,30 @@
-//! The daemon: start-up checks, wiring of socket, sampler and HTTP server, and shutdown.
+//! The daemon: start-up checks, wiring of socket, placement, sampler, scrape and HTTP server,
+//! and shutdown. Each part gets the narrow handle it needs, built here.
+
+pub mod service_manager;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
-use crate::cgroup::{self, Collector, Layout, Placement};
-use crate::cgroup_labels::CgroupLabels;
+use crate::cgroup::{self, Layout};
 use crate::cli::{split_trust_paths, AgentArgs};
-use crate::duration::format_duration;
-use crate::ebpf::{Ebpf, EbpfOptions};
-use crate::exposition::{Disabled, Group};
-use crate::gateway::Socket;
-use crate::monitor::{self, Monitor};
-use crate::{persistence, recovery};
-use crate::store::Store;
-use crate::telemetry::Telemetry;
-use crate::trust::TrustedSet;
-
-/// State shared by the socket, the per-container monitors and the HTTP server.
-pub struct Agent {
-    pub layout: Layout,
-    pub collectors: Vec<Box<dyn Collector>>,
-    pub store: Arc<Store>,
-    pub telemetry: Telemetry,
-    pub interval: Duration,
-    pub trusted: TrustedSet,
-    /// How long a finished container's final sample stays exported.
-    pub retention: Duration,
-    /// Launcher environment variables exported as labels.
-    pub env_labels: Vec<String>,
-    /// Labels from the launcher's cgroup path (Slurm built in, `--metrics.cgroup-labels`).
-    pub cgroup_labels: CgroupLabels,
-    /// `--placement`: where container cgroups go.
-    pub placement: Placement,
-    /// The eBPF programs and maps (possibly not loaded: `up()` says).
-    pub ebpf: Mutex<Ebpf>,
-    /// The sampling thread's queue of new containers.
-    pub monitor: Monitor,
-    pub shutdown: CancellationToken,
-}
-
-impl Agent {
-    /// The eBPF state; a panic elsewhere while holding the lock leaves it usable.
-    pub fn ebpf(&self) -> MutexGuard<'_, Ebpf> {
-        self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::ebpf::{Counting, Ebpf, EbpfOptions};
+use crate::http::WebOptions;
+use crate::launcher::trust::TrustedSet;
+use crate::launcher::{Connections, Gate, Socket};
+use crate::placement::cgroup_labels::CgroupLabels;
+use crate::placement::{recovery, Placer};
+use crate::sampler::{self, SamplerQueue};
+use crate::scrape::exposition::{Disabled, Exposition, Group};
+use crate::scrape::telemetry::Telemetry;
+use crate::scrape::Scrape;
+use crate::store::{persistence, Store};
+use crate::support::duration::format_duration;
 
 /// Run until SIGINT or SIGTERM. Every start-up error is returned before anything is created
 /// (or after removing what was), so a failed start leaves nothing behind.
@@ -60,8 +36,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     cgroup::set_open_file_budget(fds.saturating_sub(4096));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let cgroup_labels = CgroupLabels::new(&args.metrics_cgroup_labels)?;
-    let layout = Layout::detect(&args.cgroup_parent)?;
-    let web = crate::http::bind(&args).await?;
+    let layout = Arc::new(Layout::detect(&args.cgroup_parent)?);
+    let web = crate::http::bind(&web_options(&args)).await?;
     let socket = Socket::bind(&args.socket_path)?;
     cgroup::prepare_parent(&layout).context("preparing --cgroup.parent")?;
     if trusted.is_empty() {
@@ -85,83 +61,103 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(unified) = layout.unified() {
         ebpf.attach_network_programs_to(&unified.parent_dir);
     }
-    crate::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
+    crate::support::heap::release_free_memory(); // the kernel's BTF was parsed to load the programs
     let disabled = Disabled::new(&args.metrics_disable);
-    let telemetry = Telemetry::new(store.clone(), args.metrics_legacy, &disabled).context("registering metrics")?;
+    let telemetry = Telemetry::new().context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
     telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs(), args.ebpf_max_containers);
-    let (monitor, sampler_queue) = Monitor::new();
-    let agent = Arc::new(Agent {
-        collectors: cgroup::collectors_for(&layout, &sources_needed(&disabled, args.metrics_legacy)),
-        layout,
-        store,
-        telemetry,
-        interval: args.monitor_interval,
-        trusted,
-        retention: args.metrics_retention,
-        env_labels: crate::environ::wanted_vars(&args.metrics_env_labels),
-        cgroup_labels,
-        placement: args.placement,
-        ebpf: Mutex::new(ebpf),
-        monitor,
-        shutdown: CancellationToken::new(),
+    let ebpf_up = ebpf.up();
+    let ebpf = Arc::new(Counting::new(ebpf, telemetry.ebpf_containers.clone(), telemetry.ebpf_watch_errors.clone()));
+    let scrape = Arc::new(Scrape {
+        registry: telemetry.registry.clone(),
+        exposition: Exposition::without(store.clone(), args.metrics_legacy, &disabled),
     });
+    let shutdown = CancellationToken::new();
+    let collectors = cgroup::collectors_for(&layout, &sources_needed(&disabled, args.metrics_legacy));
     // Every source's error counter is exported from the start at 0, as the connection results
     // are: a series that first appears at 1 is no increase to rate()/increase(), so alerts on
     // sample errors would miss the first ones (monitoring/rules/alerts.yml).
-    for collector in &agent.collectors {
-        agent.telemetry.sample_errors.with_label_values(&[collector.name()]);
+    for collector in &collectors {
+        telemetry.sample_errors.with_label_values(&[collector.name()]);
     }
-    let sampler = match monitor::start(agent.clone(), sampler_queue, tokio::runtime::Handle::current()) {
+    let (sampler_queue, commands) = SamplerQueue::new();
+    let setup = sampler::Setup {
+        collectors,
+        store: store.clone(),
+        ebpf: ebpf.clone(),
+        interval: args.monitor_interval,
+        retention: args.metrics_retention,
+        metrics: sampler::Metrics {
+            duration: telemetry.sample_duration.clone(),
+            errors: telemetry.sample_errors.clone(),
+            containers: telemetry.containers.clone(),
+        },
+        shutdown: shutdown.clone(),
+    };
+    let sampler = match sampler::start(setup, commands, tokio::runtime::Handle::current()) {
         Ok(sampler) => sampler,
         Err(err) => {
             // Nothing was placed yet; adopted containers stay for the next start.
-            remove_parents(&agent.layout);
+            remove_parents(&layout);
             return Err(err);
         }
     };
     for (id, cg) in recovered.adopted {
-        let ebpf_id = monitor::ebpf_watch(&agent, &id, &cg);
-        agent.monitor.watch(id, cg, ebpf_id);
+        let ebpf_id = cg.unified_dir().and_then(|dir| ebpf.watch(&id, dir));
+        sampler_queue.watch(id, cg, ebpf_id);
     }
-    tokio::spawn(monitor::expire_ended(agent.clone()));
-    let writer = persistence_file.clone().map(|path| tokio::spawn(write_periodically(agent.clone(), path, args.persistence_interval)));
+    tokio::spawn(sampler::expire_ended(store.clone(), args.metrics_retention, shutdown.clone()));
+    let writer = persistence_file.clone().map(|path| {
+        tokio::spawn(write_periodically(store.clone(), telemetry.persistence_errors.clone(), path, args.persistence_interval, shutdown.clone()))
+    });
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        cgroups = ?agent.layout.mode,
-        parent = %agent.layout.primary().parent_dir.display(),
+        cgroups = ?layout.mode,
+        parent = %layout.primary().parent_dir.display(),
         socket = %args.socket_path.display(),
         web = %args.web_listen_address,
         interval = %format_duration(args.monitor_interval),
-        ebpf = agent.ebpf().up(),
-        trusted = ?agent.trusted.paths(),
-        placement = ?agent.placement,
+        ebpf = ebpf_up,
+        trusted = ?trusted.paths(),
+        placement = ?args.placement,
         "apptheus started"
     );
 
-    let http = tokio::spawn(crate::http::serve(web, agent.clone()));
-    let accept = {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            socket.serve(agent).await;
-            socket // dropped after the loop ends: removes the socket file
-        })
-    };
+    let http = tokio::spawn(crate::http::serve(web, scrape, shutdown.clone()));
+    let gate = Arc::new(Gate {
+        trusted,
+        placer: Arc::new(Placer {
+            layout: layout.clone(),
+            mode: args.placement,
+            store: store.clone(),
+            env_labels: crate::placement::environ::wanted_vars(&args.metrics_env_labels),
+            cgroup_labels,
+            ebpf,
+            containers: telemetry.containers.clone(),
+        }),
+        sampler: sampler_queue.clone(),
+        connections: Connections::new(telemetry.connections.clone()),
+        shutdown: shutdown.clone(),
+    });
+    let accept = tokio::spawn(async move {
+        socket.serve(gate).await;
+        socket // dropped after the loop ends: removes the socket file
+    });
 
-    crate::service_manager::ready(&format!("{} containers adopted; serving", adopted.len()));
-    if let Some(period) = crate::service_manager::watchdog_period() {
-        let watched = agent.clone();
-        tokio::spawn(crate::service_manager::feed_watchdog(period, agent.shutdown.clone(), move || {
-            let agent = watched.clone();
-            async move { agent.monitor.answers().await }
+    service_manager::ready(&format!("{} containers adopted; serving", adopted.len()));
+    if let Some(period) = service_manager::watchdog_period() {
+        let watched = sampler_queue.clone();
+        tokio::spawn(service_manager::feed_watchdog(period, shutdown.clone(), move || {
+            let sampler = watched.clone();
+            async move { sampler.answers().await }
         }));
     }
 
     wait_for_signal().await?;
-    crate::service_manager::stopping();
+    service_manager::stopping();
     tracing::info!("shutting down: no new launchers; running containers keep running");
-    agent.shutdown.cancel();
-    agent.monitor.stop();
+    shutdown.cancel();
+    sampler_queue.stop();
     if let Ok(socket) = accept.await {
         drop(socket);
     }
@@ -172,10 +168,24 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         let _ = writer.await;
     }
     if let Some(path) = &persistence_file {
-        write_store(&agent, path).await;
+        write_store(&store, &telemetry.persistence_errors, path).await;
     }
-    remove_parents(&agent.layout);
+    remove_parents(&layout);
     Ok(())
+}
+
+/// The web flags as the HTTP module takes them.
+fn web_options(args: &AgentArgs) -> WebOptions {
+    WebOptions {
+        listen_address: args.web_listen_address.clone(),
+        config_file: args.web_config_file.clone(),
+        external_url: args.web_external_url.clone(),
+        route_prefix: args.web_route_prefix.clone(),
+        telemetry_path: args.web_telemetry_path.clone(),
+        max_requests: args.web_max_requests,
+        max_connections: args.web_max_connections,
+        request_timeout: args.web_request_timeout,
+    }
 }
 
 /// The cgroup files worth reading given the exported groups (legacy `blkio_*` needs I/O too).
@@ -197,29 +207,29 @@ fn remove_parents(layout: &Layout) {
 }
 
 /// Write the persistence file every `interval` until shutdown.
-async fn write_periodically(agent: Arc<Agent>, path: PathBuf, interval: Duration) {
+async fn write_periodically(store: Arc<Store>, errors: IntCounter, path: PathBuf, interval: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await; // the first tick is immediate; the store was just loaded
     loop {
         tokio::select! {
-            _ = ticker.tick() => write_store(&agent, &path).await,
-            _ = agent.shutdown.cancelled() => return,
+            _ = ticker.tick() => write_store(&store, &errors, &path).await,
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn write_store(agent: &Agent, path: &Path) {
-    let records = agent.store.records();
+async fn write_store(store: &Store, errors: &IntCounter, path: &Path) {
+    let records = store.records();
     let target = path.to_path_buf();
     let result = tokio::task::spawn_blocking(move || persistence::save(&target, records)).await;
     match result {
         Ok(Ok(())) => tracing::debug!(path = %path.display(), "persistence file written"),
         Ok(Err(err)) => {
-            agent.telemetry.persistence_errors.inc();
+            errors.inc();
             tracing::error!(path = %path.display(), %err, "cannot write the persistence file; serving continues");
         }
         Err(err) => {
-            agent.telemetry.persistence_errors.inc();
+            errors.inc();
             tracing::error!(%err, "persistence task failed");
         }
     }

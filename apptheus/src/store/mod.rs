@@ -1,5 +1,8 @@
-//! The metric store: every monitored container with its latest sample. Sampling tasks write,
-//! scrapes read a snapshot; nothing here does I/O.
+//! The metric store: every monitored container with its latest sample. The sampler writes,
+//! scrapes read a snapshot; nothing here does I/O except [`persistence`], the file that keeps
+//! the store across restarts.
+
+pub mod persistence;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

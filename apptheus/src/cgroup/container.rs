@@ -1,4 +1,5 @@
-//! Creating container cgroups, moving processes into them, and removing them again.
+//! Container cgroups: creating them, moving processes into them, removing them again; and
+//! `--cgroup.parent` itself, with the v2 controllers delegated down to it.
 
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::constraints::{dropped_by_move, Constraint, Search};
 use super::files::CgroupFiles;
 use super::layout::{Hierarchy, Layout, Mode, Version, V2_CONTROLLERS};
 use crate::kernfs;
@@ -87,58 +87,6 @@ fn leave_own_cgroup(own: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Where a launcher's container cgroup goes (`--placement`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Placement {
-    /// Move to `--cgroup.parent` when that drops nothing the caller is under (limits, device
-    /// and socket rules, a scheduler's tracking); nest otherwise.
-    Auto,
-    /// Always inside the caller's own cgroup: every limit and rule above it still applies.
-    Nest,
-    /// Always to `--cgroup.parent` (the Go Apptheus layout), logging what the move drops.
-    Move,
-}
-
-/// Where one container goes, and why.
-#[derive(Debug)]
-pub struct Decision {
-    /// The directory to create the container's cgroup in, per hierarchy (layout order).
-    pub parents: Vec<PathBuf>,
-    pub nested: bool,
-    /// What moving to `--cgroup.parent` would drop (for `auto` only the first found).
-    pub dropped: Vec<Constraint>,
-}
-
-/// Chooses the parents of a container for a caller now in `origin` (one directory per
-/// hierarchy, layout order).
-pub fn decide(layout: &Layout, mode: Placement, origin: &[PathBuf], name: &str) -> Decision {
-    let dropped = match mode {
-        Placement::Nest => Vec::new(),
-        Placement::Auto | Placement::Move => {
-            let mut all = Vec::new();
-            for (h, from) in layout.hierarchies.iter().zip(origin) {
-                let search = if mode == Placement::Auto { Search::First } else { Search::All };
-                all.extend(dropped_by_move(h, from, &h.parent_dir.join(name), search));
-                if mode == Placement::Auto && !all.is_empty() {
-                    break; // one reason is enough to nest
-                }
-            }
-            all
-        }
-    };
-    let nested = match mode {
-        Placement::Nest => true,
-        Placement::Move => false,
-        Placement::Auto => !dropped.is_empty(),
-    };
-    let parents = if nested {
-        origin.to_vec()
-    } else {
-        layout.hierarchies.iter().map(|h| h.parent_dir.clone()).collect()
-    };
-    Decision { parents, nested, dropped }
-}
-
 /// A container's cgroup, one directory per hierarchy.
 #[derive(Debug, Clone)]
 pub struct ContainerCgroup {
@@ -194,7 +142,7 @@ impl ContainerCgroup {
                             tracing::warn!(path = %d.dir.display(), %err, "cannot mark the nested cgroup; a restarted agent will not find it");
                         }
                     }
-                    crate::faults::point("placement::created_one");
+                    crate::support::faults::point("placement::created_one");
                 }
                 Err(err) => {
                     for m in made.iter().rev() {
@@ -266,7 +214,7 @@ impl ContainerCgroup {
                     AttachError::Io { path: file, err }
                 });
             }
-            crate::faults::point("placement::attached_one");
+            crate::support::faults::point("placement::attached_one");
         }
         Ok(())
     }

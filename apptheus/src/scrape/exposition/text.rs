@@ -7,9 +7,9 @@ use std::io::Write as _;
 
 use prometheus::proto::MetricType;
 
-use super::families::{Fam, Family};
+use super::families::{Family, MachineTotals, Values};
 use super::number;
-use super::series::{self, MachineTotals, Runqueue, Value};
+use super::series::{self, Runqueue, Value};
 use super::Row;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,41 +123,29 @@ pub struct Parts<'a> {
     pub machine: MachineTotals,
 }
 
-/// Appends family `fam` with every row's series; nothing when no row has one (as
+/// Appends `family` with every row's series; nothing when no row has one (as
 /// `Registry::gather` drops empty families).
-pub fn write_family(out: &mut Vec<u8>, fam: Fam, parts: &Parts<'_>, rows: &[Row<'_>]) {
+pub fn write_family(out: &mut Vec<u8>, family: &Family, parts: &Parts<'_>, rows: &[Row<'_>]) {
     let start = out.len();
     out.extend_from_slice(parts.header);
     let first_series = out.len();
-    let name = fam.family().name;
+    let name = family.name;
     let dialect = parts.dialect;
-    match fam {
-        Fam::Container(f) => {
-            for row in rows {
-                series::container(f, row.entry, &row.io, |extra, value| match value {
-                    Value::Number(v) => {
-                        open(out, name, "", &row.labels);
-                        if let Some((key, value)) = extra {
-                            label_after(key, value, out);
-                        }
-                        out.extend_from_slice(b"} ");
-                        float(dialect, v, out);
-                        out.push(b'\n');
-                    }
-                    Value::Runqueue(c) => histogram(out, name, &row.labels, &Runqueue::new(c), parts),
-                });
-            }
-        }
-        Fam::Legacy(l) => {
-            for row in rows {
-                if let Some(v) = series::legacy(l, row.entry, parts.machine) {
-                    open(out, name, "", &row.legacy_labels);
-                    out.extend_from_slice(b"} ");
-                    float(dialect, v, out);
-                    out.push(b'\n');
+    let legacy = matches!(family.values, Values::Legacy(_));
+    for row in rows {
+        let labels = if legacy { &row.legacy_labels } else { &row.labels };
+        series::each(family, row.entry, &row.io, parts.machine, |extra, value| match value {
+            Value::Number(v) => {
+                open(out, name, "", labels);
+                if let Some((key, value)) = extra {
+                    label_after(key, value, out);
                 }
+                out.extend_from_slice(b"} ");
+                float(dialect, v, out);
+                out.push(b'\n');
             }
-        }
+            Value::Runqueue(c) => histogram(out, name, labels, &Runqueue::new(c), parts),
+        });
     }
     if out.len() == first_series {
         out.truncate(start);

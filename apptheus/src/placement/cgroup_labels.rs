@@ -31,7 +31,7 @@ impl CgroupLabels {
             if names.is_empty() {
                 bail!("--metrics.cgroup-labels {text:?} has no named group (?P<label>...) to take a label from");
             }
-            if let Some(bad) = names.iter().find(|n| crate::environ::label_name(n) != **n) {
+            if let Some(bad) = names.iter().find(|n| crate::placement::environ::label_name(n) != **n) {
                 bail!("--metrics.cgroup-labels {text:?}: group {bad:?} is not a usable label name (lower case, digits, '_')");
             }
             patterns.push(re);

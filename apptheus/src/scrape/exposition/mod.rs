@@ -2,8 +2,9 @@
 //! for: cAdvisor's names, types and units, plus the Go Apptheus legacy series. One concern per
 //! file:
 //!
-//! - `families`: the families (names, help texts, types);
-//! - `series`: which series a container has in each family, and their values;
+//! - `families`: one row per family (name, help, type, unit, group, value getter);
+//! - `groups`: the `--metrics.disable` groups;
+//! - `series`: the series a container has in a family, from its row;
 //! - `text` (text format 0.0.4 and OpenMetrics) and `protobuf`: the writers;
 //! - `number`: numbers as the text formats spell them.
 //!
@@ -32,8 +33,7 @@ use prometheus::proto::MetricFamily;
 
 use crate::cgroup::DeviceIo;
 use crate::store::{Entry, Store};
-use families::Fam;
-use series::MachineTotals;
+use families::{Family, MachineTotals};
 use text::Dialect;
 
 // Shared with the OpenMetrics encoder of the registry's own families.
@@ -77,7 +77,7 @@ pub struct Exposition {
 }
 
 struct Prepared {
-    fam: Fam,
+    family: &'static Family,
     text_header: Vec<u8>,
     openmetrics_header: Vec<u8>,
     protobuf_header: Vec<u8>,
@@ -102,14 +102,14 @@ impl Exposition {
     /// The exposition without the families of the `disabled` groups.
     pub fn without(store: Arc<Store>, legacy: bool, disabled: &Disabled) -> Exposition {
         let legacy = legacy && !disabled.has(Group::Legacy);
-        let families = Fam::in_name_order(legacy)
+        let families = families::in_name_order(legacy)
             .into_iter()
-            .filter(|&fam| disabled.exports(fam))
-            .map(|fam| Prepared {
-                fam,
-                text_header: text::header(Dialect::Text, fam.family()),
-                openmetrics_header: text::header(Dialect::OpenMetrics, fam.family()),
-                protobuf_header: protobuf::header(fam.family()),
+            .filter(|family| disabled.exports(family.group))
+            .map(|family| Prepared {
+                family,
+                text_header: text::header(Dialect::Text, family),
+                openmetrics_header: text::header(Dialect::OpenMetrics, family),
+                protobuf_header: protobuf::header(family),
             })
             .collect();
         Exposition {
@@ -125,7 +125,7 @@ impl Exposition {
 
     /// Names of the families exported (in name order).
     pub fn family_names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.families.iter().map(|p| p.fam.family().name)
+        self.families.iter().map(|p| p.family.name)
     }
 
     /// The body of a scrape: the registry's families `own` (sorted by name, as `gather` returns
@@ -143,7 +143,7 @@ impl Exposition {
         let mut out = Vec::with_capacity(last + last / 8 + 64 * 1024);
         let mut own = own.iter().peekable();
         for p in &self.families {
-            let name = p.fam.family().name;
+            let name = p.family.name;
             while let Some(mf) = own.next_if(|mf| mf.name() < name) {
                 write_own(mf, &mut out)?;
             }
@@ -151,12 +151,12 @@ impl Exposition {
                 Encoding::Text => (Dialect::Text, &p.text_header, &self.text_bounds),
                 Encoding::OpenMetrics => (Dialect::OpenMetrics, &p.openmetrics_header, &self.openmetrics_bounds),
                 Encoding::Protobuf => {
-                    protobuf::write_family(&mut out, p.fam, &p.protobuf_header, &rows, self.machine);
+                    protobuf::write_family(&mut out, p.family, &p.protobuf_header, &rows, self.machine);
                     continue;
                 }
             };
             let parts = text::Parts { dialect, header, bounds, machine: self.machine };
-            text::write_family(&mut out, p.fam, &parts, &rows);
+            text::write_family(&mut out, p.family, &parts, &rows);
         }
         for mf in own {
             write_own(mf, &mut out)?;
