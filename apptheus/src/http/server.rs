@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -17,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::service::{handle, Shared};
+use super::service::{router, Shared};
 use super::tls;
 
 /// Largest request head (request line and headers). Scrapes send well under 1 KiB.
@@ -28,7 +27,7 @@ pub const MAX_HEADERS: usize = 64;
 pub const DRAIN: Duration = Duration::from_secs(5);
 
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, max_connections: usize, shutdown: CancellationToken) {
-    let app = Router::new().fallback(handle).with_state(shared.clone());
+    let app = router(shared.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(shared.timeout)
