@@ -304,6 +304,7 @@ fn start_up_errors_are_one_line_and_leave_nothing() {
     };
     for (extra, expect) in [
         ("--monitor.interval=5x", "5x"),
+        ("--monitor.interval=1ns", "\"1ns\" is below the floor of 100ms"),
         ("--trust.path=/nonexistent/starter", "/nonexistent/starter"),
         ("--log.level=loud", "loud"),
         ("--metrics.disable=pressure,cpus", "known groups: cpu, memory, io, pressure, processes, network, sched, legacy"),

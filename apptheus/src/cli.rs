@@ -9,7 +9,8 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::placement::Placement;
 use crate::scrape::exposition::Group;
-use crate::support::duration::parse_duration;
+use crate::sampler::MIN_INTERVAL;
+use crate::support::duration::{format_duration, parse_duration};
 pub use crate::support::logging::{LogFormat, LogLevel};
 
 pub const DEFAULT_SOCKET: &str = "/run/apptheus/gateway.sock";
@@ -44,9 +45,9 @@ pub struct AgentArgs {
     #[arg(long = "trust.path", value_name = "PATHS", default_value = "")]
     pub trust_path: String,
 
-    /// Interval at which each container's cgroup is sampled.
+    /// Interval at which each container's cgroup is sampled (at least 100ms).
     #[arg(long = "monitor.interval", alias = "monitor.inverval", value_name = "DURATION",
-          default_value = "0.5s", value_parser = parse_positive_duration)]
+          default_value = "0.5s", value_parser = parse_interval)]
     pub monitor_interval: Duration,
 
     /// Address to serve metrics on (`:9091` = every interface).
@@ -167,6 +168,15 @@ pub struct ExecArgs {
     pub command: Vec<OsString>,
 }
 
+/// `--monitor.interval`: no shorter than [`MIN_INTERVAL`].
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < MIN_INTERVAL {
+        return Err(format!("{text:?} is below the floor of {}", format_duration(MIN_INTERVAL)));
+    }
+    Ok(d)
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d.is_zero() {
@@ -226,6 +236,15 @@ mod tests {
     fn accepts_the_misspelt_interval_flag() {
         let cli = parse(&["--monitor.inverval=200ms"]).unwrap();
         assert_eq!(cli.agent.monitor_interval, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn the_interval_has_a_floor() {
+        for short in ["1ns", "1ms", "99ms", "0.0999s"] {
+            let err = parse(&[&format!("--monitor.interval={short}")]).unwrap_err().to_string();
+            assert!(err.contains("below the floor of 100ms"), "{short}: {err}");
+        }
+        assert_eq!(parse(&["--monitor.interval=100ms"]).unwrap().agent.monitor_interval, MIN_INTERVAL);
     }
 
     #[test]

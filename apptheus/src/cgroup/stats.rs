@@ -180,7 +180,7 @@ impl Collector for CpuV1 {
                 out.cpu.usage_ns = read_with(files, dir, "cpuacct.usage", kernfs::parse_u64)?;
                 // cpuacct.stat counts USER_HZ ticks.
                 let [user, system] = flat(files, dir, "cpuacct.stat", &["user", "system"])?;
-                let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+                let tick_ns = 1_000_000_000 / rustix::param::clock_ticks_per_second();
                 out.cpu.user_ns = user.map(|t| t.saturating_mul(tick_ns));
                 out.cpu.system_ns = system.map(|t| t.saturating_mul(tick_ns));
             }
@@ -451,15 +451,6 @@ fn device_name((major, minor): (u32, u32)) -> String {
     name
 }
 
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 {
-        hz as u64
-    } else {
-        100
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -583,7 +574,7 @@ mod tests {
         let (s, errors) = sample(&collectors, &cg, &mut CgroupFiles::new());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.cpu.usage_ns, Some(118_529_100_965));
-        let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+        let tick_ns = 1_000_000_000 / rustix::param::clock_ticks_per_second();
         assert_eq!(s.cpu.user_ns, Some(8451 * tick_ns));
         assert_eq!(s.cpu.system_ns, Some(3401 * tick_ns));
     }
@@ -647,7 +638,7 @@ mod tests {
             ctrls.split(',').any(|c| c == "memory").then(|| path.to_string())
         });
         let mount = Path::new("/sys/fs/cgroup/memory");
-        let (true, Some(own)) = (unsafe { libc::geteuid() } == 0 && mount.join("cgroup.procs").exists(), own) else {
+        let (true, Some(own)) = (rustix::process::geteuid().is_root() && mount.join("cgroup.procs").exists(), own) else {
             assert!(!required, "needs root and a v1 memory hierarchy, and APPTHEUS_REQUIRE_PRIVILEGED=1");
             eprintln!("SKIP v1_process_count_follows_exits_between_close_samples: not root or no v1 memory hierarchy");
             return;

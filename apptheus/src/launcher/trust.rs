@@ -2,7 +2,7 @@
 //! executable is one of the `--trust.path` files (same device and inode).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -92,13 +92,10 @@ pub enum Refusal {
 }
 
 /// Check the process at the other end of `socket`.
-pub fn verify(socket: &impl AsRawFd, trusted: &TrustedSet) -> Result<Peer, Refusal> {
-    let fd = socket.as_raw_fd();
-    // SAFETY: `fd` is an open socket for the duration of this call.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let cred = rustix::net::sockopt::socket_peercred(borrowed).map_err(|e| Refusal::NoCredentials(e.into()))?;
+pub fn verify(socket: &impl AsFd, trusted: &TrustedSet) -> Result<Peer, Refusal> {
+    let cred = rustix::net::sockopt::socket_peercred(socket.as_fd()).map_err(|e| Refusal::NoCredentials(e.into()))?;
     let pid = cred.pid.as_raw_nonzero().get();
-    let pidfd = peer_pidfd(fd, pid)?;
+    let pidfd = peer_pidfd(socket.as_fd().as_raw_fd(), pid)?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let io_err = |err: io::Error| if err.raw_os_error() == Some(libc::ESRCH) || err.kind() == io::ErrorKind::NotFound {
         Refusal::Gone(pid)

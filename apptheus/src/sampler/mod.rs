@@ -21,6 +21,11 @@ use crate::cgroup::{self, CgroupFiles, Collector, ContainerCgroup, ContainerDesc
 use crate::ebpf::{Counting, EbpfCounters};
 use crate::store::Store;
 
+/// The shortest `--monitor.interval`. Cgroup counters move in scheduler ticks and the kernel's
+/// own statistics flushes; sampling faster shows little more and costs a core: at 1ns one
+/// container kept 60 % of a core busy.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What the sampling thread needs, and nothing else.
 pub struct Setup {
     pub collectors: Vec<Box<dyn Collector>>,
