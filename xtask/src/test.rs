@@ -30,7 +30,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     }
     println!("test ebpf_object_is_fresh ... {}", if fresh.is_ok() { "ok" } else { "FAILED" });
     let mut child = Command::new(&cargo)
-        // failpoints: the named fault points some privileged tests arm (apptheus/src/faults.rs).
+        // failpoints: the named fault points some privileged tests arm (apptheus/src/support/faults.rs).
         .args(["test", "--workspace", "--locked", "--no-fail-fast", "--features", "apptheus/failpoints"])
         .args(&args.cargo_args)
         .stdout(Stdio::piped())
