@@ -46,7 +46,7 @@ pub enum Values {
     Sample(fn(&Timed) -> Option<f64>),
     /// One series per value of the extra label `.0`, from the latest sample, in label-value
     /// order.
-    Labelled(&'static str, &'static [(&'static str, fn(&Sample) -> Option<f64>)]),
+    Labelled(&'static str, &'static [LabelledSeries]),
     /// One series per block device (extra label `device`), in device-name order.
     PerDevice(fn(&DeviceIo) -> u64),
     /// The run-queue latency histogram (eBPF).
@@ -54,6 +54,9 @@ pub enum Values {
     /// A legacy series: labels `job`, `instance` and the environment labels, one per container.
     Legacy(fn(&Entry, MachineTotals) -> Option<f64>),
 }
+
+/// One series of a [`Values::Labelled`] family: the extra label's value and the getter.
+pub type LabelledSeries = (&'static str, fn(&Sample) -> Option<f64>);
 
 /// What the legacy series report as the limit when a container has none (as the original did).
 #[derive(Debug, Clone, Copy)]
