@@ -535,3 +535,108 @@ fn disabled_metric_groups_are_not_exported() {
     launcher.kill().unwrap();
     launcher.wait().unwrap();
 }
+
+/// The `image` label (issue 18): an Apptainer starter's image from the engine configuration in
+/// its environment (python3 stands in for the starter, with the environment Apptainer's Go side
+/// gives it); bad configurations still get placed, labelled with the executable, and the log
+/// says why; `apptheus exec` is labelled with the absolute path of its command.
+#[test]
+fn image_label_names_what_the_container_runs() {
+    if !privileged("image_label_names_what_the_container_runs") {
+        return;
+    }
+    let python = real_python();
+    let mut agent = Agent::start_with(AgentOptions { trust: vec![python.clone(), BIN.into()], ..Default::default() });
+    let fixture = |name: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apptainer").join(name)).unwrap();
+    // Apptainer's cut: chunks of 131056 bytes numbered from 1, then the count.
+    let chunked = |json: &str, count: Option<usize>| -> Vec<(String, String)> {
+        let bytes = json.as_bytes();
+        let mut env = vec![("APPTAINER_MESSAGELEVEL".to_string(), "1".to_string())];
+        let chunks: Vec<&[u8]> = bytes.chunks(131_056).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            env.push((format!("ENGINE_CONFIG{}", i + 1), String::from_utf8(c.to_vec()).unwrap()));
+        }
+        env.push(("ENGINE_CONFIG_CHUNKS".to_string(), count.unwrap_or(chunks.len()).to_string()));
+        env
+    };
+    let sif = fixture("engine-config-sif.json");
+    let huge = sif.replace("\"image\":\"/home/alice/images/lolcow_latest.sif\"", &format!("\"image\":\"/{}\"", "x".repeat(900_000)));
+    assert!(huge.len() > 900_000);
+    let python_exe = python.display().to_string();
+    type Case = (&'static str, Vec<(String, String)>, String);
+    let cases: Vec<Case> = vec![
+        ("sif", chunked(&sif, None), "/home/alice/images/lolcow_latest.sif".into()),
+        ("uri", chunked(&fixture("engine-config-docker-uri.json"), None), "docker://alpine:3.20".into()),
+        ("no config", vec![("APPTAINER_MESSAGELEVEL".into(), "1".into())], python_exe.clone()),
+        ("a chunk missing", chunked(&sif, Some(2)), python_exe.clone()),
+        ("not JSON", chunked("{\"engineName\":\"apptainer\",", None), python_exe.clone()),
+        ("an image of 900 kB", chunked(&huge, None), python_exe.clone()),
+    ];
+    let script = "import socket, sys, time\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
+                  print(s.makefile().readline().strip(), flush=True)\ntime.sleep(30)\n";
+    let mut expected = Vec::new();
+    let mut children = Vec::new();
+    for (what, env, image) in cases {
+        let mut launcher = Command::new(&python)
+            .args(["-c", script])
+            .arg(&agent.socket)
+            .env_clear()
+            .envs(env)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        agent.started.push(launcher.id());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(launcher.stdout.take().unwrap()), &mut line).unwrap();
+        let ack: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {line:?}"));
+        assert_eq!(ack["status"], "ok", "{what}: {ack}");
+        expected.push((what, ack["id"].as_str().unwrap().to_string(), image));
+        children.push(launcher);
+    }
+    // `apptheus exec` with a command found along PATH, and one given relative to its directory.
+    // The path as found along PATH (like Apptainer's image path, a symlink is not resolved).
+    let sh = std::fs::canonicalize("/bin/sh").unwrap().parent().unwrap().join("sh");
+    let mut exec = Command::new(BIN);
+    exec.arg("exec").arg(format!("--socket.path={}", agent.socket.display())).args(["--", "sh", "-c", "sleep 30"]);
+    exec.env("PATH", sh.parent().unwrap()).stdout(Stdio::null());
+    let child = exec.spawn().unwrap();
+    agent.started.push(child.id());
+    expected.push(("exec along PATH", id_of(&child), sh.display().to_string()));
+    children.push(child);
+    let dir = tempfile::tempdir().unwrap();
+    let script_path = dir.path().join("run me.sh");
+    std::fs::write(&script_path, "#!/bin/sh\nsleep 30\n").unwrap();
+    std::fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let child = Command::new(BIN)
+        .arg("exec")
+        .arg(format!("--socket.path={}", agent.socket.display()))
+        .args(["--", "./run me.sh"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent.started.push(child.id());
+    expected.push(("exec of ./run me.sh", id_of(&child), script_path.display().to_string()));
+    children.push(child);
+
+    let m = wait_for(Duration::from_secs(15), "every container sampled", || {
+        let m = agent.scrape();
+        expected.iter().all(|(_, id, _)| m.one("container_memory_usage_bytes", &[("name", id)]).is_some()).then_some(m)
+    });
+    for (what, id, image) in &expected {
+        for (name, labels, _) in m.samples.iter().filter(|(n, l, _)| n.starts_with("container_") && l.get("name") == Some(id)) {
+            assert_eq!(labels.get("image"), Some(image), "{what}: {name} {labels:?}");
+        }
+        assert!(m.one("container_cpu_usage_seconds_total", &[("name", id), ("image", image)]).is_some(), "{what}");
+    }
+    // Legacy series keep their own labels.
+    assert!(m.samples.iter().filter(|(n, _, _)| n == "memory_usage").all(|(_, l, _)| !l.contains_key("image")));
+    let log = agent.log_text();
+    for why in ["chunk ENGINE_CONFIG2 is missing", "not valid JSON", "image name longer than the cap"] {
+        assert!(log.contains(why), "no debug line saying {why:?}:\n{log}");
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

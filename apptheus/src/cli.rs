@@ -217,6 +217,31 @@ mod tests {
         Cli::try_parse_from(std::iter::once("apptheus").chain(args.iter().copied()))
     }
 
+    /// The agent finds the command of an `apptheus exec` on its command line (the `image`
+    /// label) knowing which flags take a value: the list there must be this parser's.
+    #[test]
+    fn the_image_label_knows_every_exec_flag_that_takes_a_value() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let exec = cli.find_subcommand("exec").expect("exec subcommand");
+        let mut taking: Vec<String> = exec
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_action().takes_values())
+            .map(|a| format!("--{}", a.get_long().unwrap_or_default()))
+            .collect();
+        taking.sort();
+        let mut known: Vec<String> = crate::placement::image::EXEC_VALUE_FLAGS.iter().map(|s| s.to_string()).collect();
+        known.sort();
+        assert_eq!(taking, known);
+        // And the agent's reading of a command line agrees with clap's.
+        for args in [&["exec", "--timeout", "3s", "--", "sleep", "1"][..], &["exec", "--socket.path=/s", "env", "-i"]] {
+            let Some(Command::Exec(parsed)) = parse(args).unwrap().command else { panic!("{args:?}") };
+            let bytes: Vec<&[u8]> = args[1..].iter().map(|a| a.as_bytes()).collect();
+            let found = crate::placement::image::command_in_exec_args(&bytes).map(|c| c.to_vec());
+            assert_eq!(found.as_deref(), parsed.command.first().map(|c| c.as_encoded_bytes()), "{args:?}");
+        }
+    }
+
     #[test]
     fn defaults_match_the_go_original() {
         let cli = parse(&[]).unwrap();

@@ -51,6 +51,9 @@ pub struct MemoryStats {
     pub failcnt: Option<u64>,
     pub limit: Option<Limit>,
     pub swap_limit: Option<Limit>,
+    /// Memory the container is guaranteed: v2 `memory.min`, v1 `memory.soft_limit_in_bytes`
+    /// (cAdvisor's reservation).
+    pub reservation: Option<Limit>,
     pub oom_kills: Option<u64>,
 }
 

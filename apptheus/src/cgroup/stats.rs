@@ -279,6 +279,7 @@ impl Collector for MemoryV1 {
         m.working_set_bytes = m.usage_bytes.map(|u| u.saturating_sub(inactive_file.unwrap_or(0)));
         m.failcnt = read_rare(files, dir, "memory.failcnt", kernfs::parse_u64)?;
         m.limit = read_setting(files, dir, "memory.limit_in_bytes", kernfs::parse_limit)?;
+        m.reservation = read_setting(files, dir, "memory.soft_limit_in_bytes", kernfs::parse_limit)?;
         let memsw_limit = read_setting(files, dir, "memory.memsw.limit_in_bytes", kernfs::parse_limit)?;
         m.swap_limit = match (memsw_limit, m.limit) {
             (Some(Limit::Value(both)), Some(Limit::Value(mem))) => Some(Limit::Value(both.saturating_sub(mem))),
@@ -310,6 +311,7 @@ impl Collector for MemoryV2 {
         m.swap_bytes = read_with(files, dir, "memory.swap.current", kernfs::parse_u64)?;
         m.limit = read_setting(files, dir, "memory.max", kernfs::parse_limit)?;
         m.swap_limit = read_setting(files, dir, "memory.swap.max", kernfs::parse_limit)?;
+        m.reservation = read_setting(files, dir, "memory.min", kernfs::parse_limit)?;
         // v2 has no failcnt; runc and cAdvisor report memory.events "max" (times the limit was hit).
         let [max_hits, oom_kill] = flat_rare(files, dir, "memory.events", &["max", "oom_kill"])?;
         m.failcnt = max_hits;

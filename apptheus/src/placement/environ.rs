@@ -3,7 +3,7 @@
 
 /// Label names the agent sets itself; an environment label with one of these names gets an
 /// `env_` prefix instead of overwriting it.
-const RESERVED: &[&str] = &["name", "id", "pid", "user", "job", "instance", "device", "cpu", "kind", "le", "quantile"];
+const RESERVED: &[&str] = &["name", "id", "pid", "user", "image", "job", "instance", "device", "cpu", "kind", "le", "quantile"];
 
 /// How far up the process tree a variable is looked for: the launcher, its parent, and so on.
 /// Apptainer's starter runs with a scrubbed environment, so `SLURM_JOB_ID` is found in the job
@@ -29,7 +29,7 @@ pub fn env_labels(pid: i32, wanted: &[String]) -> Vec<(String, String)> {
     let mut values: Vec<Option<String>> = vec![None; wanted.len()];
     let mut current = pid;
     for _ in 0..MAX_GENERATIONS {
-        match read_environ(current) {
+        match read_environ_capped(current, ENVIRON_CAP) {
             Ok(raw) => {
                 for (var, value) in wanted.iter().zip(values.iter_mut()) {
                     if value.is_none() {
@@ -57,16 +57,16 @@ pub fn env_labels(pid: i32, wanted: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `/proc/<pid>/environ`, at most [`ENVIRON_CAP`] bytes; a cut-off last entry is dropped.
-fn read_environ(pid: i32) -> std::io::Result<Vec<u8>> {
+/// `/proc/<pid>/environ`, at most `cap` bytes; a cut-off last entry is dropped.
+pub(super) fn read_environ_capped(pid: i32, cap: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let file = std::fs::File::open(format!("/proc/{pid}/environ"))?;
     let mut raw = Vec::new();
-    file.take(ENVIRON_CAP as u64 + 1).read_to_end(&mut raw)?;
-    if raw.len() > ENVIRON_CAP {
-        let keep = raw[..ENVIRON_CAP].iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
+    file.take(cap as u64 + 1).read_to_end(&mut raw)?;
+    if raw.len() > cap {
+        let keep = raw[..cap].iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
         raw.truncate(keep);
-        tracing::debug!(pid, cap = ENVIRON_CAP, "environment larger than the cap: labels come from its first part only");
+        tracing::debug!(pid, cap, "environment larger than the cap: only its first part is read");
     }
     Ok(raw)
 }
@@ -82,9 +82,14 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// The value of `var` in a NUL-separated `KEY=VALUE` block (the last entry wins, as getenv sees
 /// a duplicated name only once).
 fn find(environ: &[u8], var: &str) -> Option<String> {
+    find_bytes(environ, var).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// [`find`] without decoding the value.
+pub(super) fn find_bytes<'a>(environ: &'a [u8], var: &str) -> Option<&'a [u8]> {
     environ.split(|b| *b == 0).rev().find_map(|entry| {
         let (k, v) = split_entry(entry)?;
-        (k == var.as_bytes()).then(|| String::from_utf8_lossy(v).into_owned())
+        (k == var.as_bytes()).then_some(v)
     })
 }
 
@@ -210,7 +215,7 @@ mod tests {
             .unwrap();
         let mut raw = Vec::new();
         for _ in 0..200 {
-            raw = read_environ(child.id() as i32).unwrap_or_default();
+            raw = read_environ_capped(child.id() as i32, ENVIRON_CAP).unwrap_or_default();
             if find(&raw, "APPTHEUS_TEST_EARLY").is_some() {
                 break;
             }

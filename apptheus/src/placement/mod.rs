@@ -3,13 +3,14 @@
 //!
 //! - [`decide`] and [`constraints`]: move to `--cgroup.parent` or nest in the caller's cgroup;
 //! - [`proctree`]: the launcher's descendants from /proc;
-//! - [`cgroup_labels`], [`environ`], [`user_names`]: the container's labels;
+//! - [`cgroup_labels`], [`environ`], [`image`], [`user_names`]: the container's labels;
 //! - [`recovery`]: containers an earlier agent left, found again at start.
 
 pub mod cgroup_labels;
 pub mod constraints;
 mod decide;
 pub mod environ;
+pub mod image;
 pub mod proctree;
 pub mod recovery;
 pub mod user_names;
@@ -120,6 +121,7 @@ impl Placer {
             pid: caller.pid,
             user,
             exe: caller.exe.clone(),
+            image: image::image_of(caller.pid, &caller.exe),
             started: SystemTime::now(),
             labels: cgroup_labels::merge(from_cgroup, environ::env_labels(caller.pid, &self.env_labels)),
         };

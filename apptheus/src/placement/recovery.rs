@@ -148,5 +148,10 @@ fn info_from_name(name: &str, cg: &ContainerCgroup, any_pid: i32) -> ContainerIn
         .and_then(|d| std::fs::metadata(&d.dir).ok())
         .and_then(|m| m.modified().ok())
         .unwrap_or_else(SystemTime::now);
-    ContainerInfo { id: name.to_string(), cgroup_path: cg.path.clone(), pid, user, exe: exe.into(), started, labels: Vec::new() }
+    // The launcher still running: what it runs, as at placement; else its executable's name.
+    let image = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(real) if owner == pid => super::image::image_of(pid, &real),
+        _ => exe.clone(),
+    };
+    ContainerInfo { id: name.to_string(), cgroup_path: cg.path.clone(), pid, user, exe: exe.into(), image, started, labels: Vec::new() }
 }

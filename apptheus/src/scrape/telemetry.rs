@@ -72,6 +72,7 @@ impl Telemetry {
         registry.register(Box::new(sample_duration.clone()))?;
         registry.register(Box::new(sample_errors.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        register_machine(&registry)?;
         Ok(Telemetry {
             registry,
             connections,
@@ -95,4 +96,25 @@ impl Telemetry {
             self.ebpf_attached.with_label_values(&[name]).set(i64::from(*attached));
         }
     }
+}
+
+/// cAdvisor's machine gauges, which its dashboards divide container figures by (memory used in
+/// percent of the machine's). Read once: neither changes while the agent runs, but for memory
+/// or CPU hot-plug, which a restart picks up.
+fn register_machine(registry: &Registry) -> prometheus::Result<()> {
+    let info = rustix::system::sysinfo();
+    let memory = info.totalram as u64 * u64::from(info.mem_unit.max(1));
+    let machine_memory = prometheus::Gauge::new("machine_memory_bytes", "Amount of memory installed on the machine.")?;
+    machine_memory.set(memory as f64);
+    registry.register(Box::new(machine_memory))?;
+    let online = "/sys/devices/system/cpu/online";
+    match std::fs::read_to_string(online).map_err(|e| e.to_string()).and_then(|t| crate::kernfs::cpu_list_count(&t).map_err(|e| e.to_string())) {
+        Ok(cores) => {
+            let machine_cores = prometheus::Gauge::new("machine_cpu_cores", "Number of logical CPU cores.")?;
+            machine_cores.set(cores as f64);
+            registry.register(Box::new(machine_cores))?;
+        }
+        Err(err) => tracing::warn!(path = online, %err, "cannot count the online CPUs: machine_cpu_cores is not exported"),
+    }
+    Ok(())
 }

@@ -24,6 +24,10 @@ pub struct ContainerInfo {
     /// Name of the launcher's real uid (the uid as a number when it has no name).
     pub user: String,
     pub exe: PathBuf,
+    /// What the container runs: the `image` label (see placement's `image` module); never empty
+    /// (a record of an older agent gets the executable when restored).
+    #[serde(default)]
+    pub image: String,
     /// Placement time: `container_start_time_seconds`.
     pub started: SystemTime,
     /// Labels from the launcher's environment (`--metrics.env-labels`), sanitised names.
@@ -107,7 +111,10 @@ impl Store {
     }
 
     /// Put back a container from the persistence file (it replaces nothing newer).
-    pub fn restore(&self, r: Record) {
+    pub fn restore(&self, mut r: Record) {
+        if r.info.image.is_empty() {
+            r.info.image = r.info.exe.to_string_lossy().into_owned();
+        }
         let mut map = self.write();
         if map.contains_key(&r.info.id) {
             return;
@@ -209,6 +216,7 @@ mod tests {
             pid,
             user: "root".into(),
             exe: "/usr/bin/x".into(),
+            image: "/usr/bin/x".into(),
             started: SystemTime::UNIX_EPOCH,
             labels: vec![],
         }

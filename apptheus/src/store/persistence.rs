@@ -122,6 +122,7 @@ mod tests {
                 pid: 42,
                 user: "alice".into(),
                 exe: "/usr/libexec/apptainer/bin/starter".into(),
+                image: "/home/alice/lolcow.sif".into(),
                 started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
                 labels: vec![("slurm_job_id".into(), "7".into())],
             },

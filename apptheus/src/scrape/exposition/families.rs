@@ -114,6 +114,8 @@ pub static CONTAINER: &[Family] = &[
         FromSample(|t| t.sample.memory.limit.map(limit_or_zero))),
     family("container_spec_memory_swap_limit_bytes", GAUGE, Bytes, Some(Memory), "Swap limit for the container in bytes, 0 when unlimited.",
         FromSample(|t| t.sample.memory.swap_limit.map(limit_or_zero))),
+    family("container_spec_memory_reservation_limit_bytes", GAUGE, Bytes, Some(Memory), "Memory reservation of the container in bytes (v2 memory.min, v1 soft limit), 0 when unlimited.",
+        FromSample(|t| t.sample.memory.reservation.map(limit_or_zero))),
     family("container_memory_max_usage_bytes", GAUGE, Bytes, Some(Memory), "Maximum memory usage recorded in bytes.",
         FromSample(|t| num(t.sample.memory.max_usage_bytes))),
     // cAdvisor exports a quota only when there is one.

@@ -182,6 +182,7 @@ impl Exposition {
                 label("id", &info.cgroup_path, &mut labels);
                 label("pid", itoa::Buffer::new().format(info.pid), &mut labels);
                 label("user", &info.user, &mut labels);
+                label("image", &info.image, &mut labels);
                 let mut legacy_labels = Vec::new();
                 if self.legacy {
                     label("job", &info.id, &mut legacy_labels);

@@ -14,7 +14,7 @@ use crate::ebpf::{EbpfCounters, RUNQ_LATENCY_SLOTS};
 use crate::kernfs::{Limit, Pressure};
 use crate::store::{Entry, Store};
 
-const CONTAINER_LABELS: &[&str] = &["name", "id", "pid", "user"];
+const CONTAINER_LABELS: &[&str] = &["name", "id", "pid", "user", "image"];
 const LEGACY_LABELS: &[&str] = &["job", "instance"];
 
 /// One family: name, help, type, and the extra labels beyond the container's own.
@@ -52,6 +52,7 @@ families! {
     MemFailcnt = ("container_memory_failcnt", GAUGE, &[], "Number of memory usage hits limits (cumulative; typed gauge because the cAdvisor name lacks _total).");
     MemLimit = ("container_spec_memory_limit_bytes", GAUGE, &[], "Memory limit for the container in bytes, 0 when unlimited.");
     MemSwapLimit = ("container_spec_memory_swap_limit_bytes", GAUGE, &[], "Swap limit for the container in bytes, 0 when unlimited.");
+    MemReservation = ("container_spec_memory_reservation_limit_bytes", GAUGE, &[], "Memory reservation of the container in bytes (v2 memory.min, v1 soft limit), 0 when unlimited.");
     MemMaxUsage = ("container_memory_max_usage_bytes", GAUGE, &[], "Maximum memory usage recorded in bytes.");
     CpuQuota = ("container_spec_cpu_quota", GAUGE, &[], "CPU quota of the container in microseconds per period (only when one is set).");
     CpuPeriod = ("container_spec_cpu_period", GAUGE, &[], "CPU period of the container in microseconds.");
@@ -190,6 +191,7 @@ fn container_labels(e: &Entry) -> Vec<LabelPair> {
         label("id", &e.info.cgroup_path),
         label("pid", &e.info.pid.to_string()),
         label("user", &e.info.user),
+        label("image", &e.info.image),
     ];
     labels.extend(e.info.labels.iter().map(|(k, v)| label(k, v)));
     labels
@@ -247,6 +249,7 @@ fn render_container(out: &mut [MetricFamily], e: &Entry, labels: &[LabelPair]) {
     put(F::MemFailcnt, num(s.memory.failcnt));
     put(F::MemLimit, s.memory.limit.map(limit_or_zero));
     put(F::MemSwapLimit, s.memory.swap_limit.map(limit_or_zero));
+    put(F::MemReservation, s.memory.reservation.map(limit_or_zero));
     put(F::MemMaxUsage, num(s.memory.max_usage_bytes));
     put(F::CpuQuota, s.cpu.quota_us.and_then(Limit::value).map(|v| v as f64));
     put(F::CpuPeriod, num(s.cpu.period_us));

@@ -116,6 +116,7 @@ fn info(id: &str, pid: i32, user: &str, labels: &[(&str, &str)]) -> ContainerInf
         pid,
         user: user.into(),
         exe: "/usr/bin/apptainer".into(),
+        image: format!("/images/{id} \"q\"\\.sif"),
         started: at(1_700_000_000.123_456_7),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }
@@ -172,6 +173,7 @@ fn full_sample() -> Sample {
     s.memory.failcnt = Some(2);
     s.memory.limit = Some(Limit::Value(1 << 30));
     s.memory.swap_limit = Some(Limit::Value(1 << 28));
+    s.memory.reservation = Some(Limit::Value(1 << 26));
     s.memory.oom_kills = Some(1);
     s.pids.current = Some(12);
     s.pids.limit = Some(Limit::Value(100));
@@ -212,6 +214,7 @@ fn varied_store() -> Arc<Store> {
     s.ebpf = None;
     s.memory.limit = Some(Limit::Unlimited);
     s.memory.swap_limit = Some(Limit::Unlimited);
+    s.memory.reservation = Some(Limit::Unlimited);
     s.pids.limit = Some(Limit::Unlimited);
     s.pressure.cpu = Some(Pressure { some: line(5), full: None });
     s.pressure.memory = None;
@@ -371,6 +374,7 @@ fn random_store(seed: u64) -> Arc<Store> {
             s.memory.failcnt = g.maybe();
             s.memory.limit = g.limit();
             s.memory.swap_limit = g.limit();
+            s.memory.reservation = g.limit();
             s.memory.oom_kills = g.maybe();
             s.pids.current = g.maybe();
             s.pids.limit = g.limit();
