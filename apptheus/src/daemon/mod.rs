@@ -3,7 +3,7 @@
 
 pub mod service_manager;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +23,8 @@ use crate::sampler::{self, SamplerQueue};
 use crate::scrape::exposition::{Disabled, Exposition, Group};
 use crate::scrape::telemetry::Telemetry;
 use crate::scrape::Scrape;
-use crate::store::{persistence, Store};
+use crate::store::persistence::StoreFile;
+use crate::store::Store;
 use crate::support::duration::format_duration;
 
 /// Run until SIGINT or SIGTERM. Every start-up error is returned before anything is created
@@ -37,6 +38,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let cgroup_labels = CgroupLabels::new(&args.metrics_cgroup_labels)?;
     let layout = Arc::new(Layout::detect(&args.cgroup_parent)?);
+    // Refused here, before anything is bound, when another user could swap names in its directory.
+    let persistence_file = match args.persistence_file.as_str() {
+        "" => None,
+        path => Some(Arc::new(StoreFile::open(Path::new(path))?)),
+    };
     let web = crate::http::bind(&web_options(&args)).await?;
     let socket = Socket::bind(&args.socket_path)?;
     cgroup::prepare_parent(&layout).context("preparing --cgroup.parent")?;
@@ -45,9 +51,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
 
     let store = Arc::new(Store::new());
-    let persistence_file = (!args.persistence_file.is_empty()).then(|| PathBuf::from(&args.persistence_file));
-    if let Some(path) = &persistence_file {
-        for record in persistence::load_or_set_aside(path) {
+    if let Some(file) = &persistence_file {
+        for record in file.load_or_set_aside() {
             store.restore(record);
         }
     }
@@ -107,8 +112,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         sampler_queue.watch(id, cg, ebpf_id);
     }
     tokio::spawn(sampler::expire_ended(store.clone(), args.metrics_retention, shutdown.clone()));
-    let writer = persistence_file.clone().map(|path| {
-        tokio::spawn(write_periodically(store.clone(), telemetry.persistence_errors.clone(), path, args.persistence_interval, shutdown.clone()))
+    let writer = persistence_file.clone().map(|file| {
+        tokio::spawn(write_periodically(store.clone(), telemetry.persistence_errors.clone(), file, args.persistence_interval, shutdown.clone()))
     });
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -167,8 +172,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(writer) = writer {
         let _ = writer.await;
     }
-    if let Some(path) = &persistence_file {
-        write_store(&store, &telemetry.persistence_errors, path).await;
+    if let Some(file) = &persistence_file {
+        write_store(&store, &telemetry.persistence_errors, file).await;
     }
     remove_parents(&layout);
     Ok(())
@@ -207,21 +212,22 @@ fn remove_parents(layout: &Layout) {
 }
 
 /// Write the persistence file every `interval` until shutdown.
-async fn write_periodically(store: Arc<Store>, errors: IntCounter, path: PathBuf, interval: Duration, shutdown: CancellationToken) {
+async fn write_periodically(store: Arc<Store>, errors: IntCounter, file: Arc<StoreFile>, interval: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await; // the first tick is immediate; the store was just loaded
     loop {
         tokio::select! {
-            _ = ticker.tick() => write_store(&store, &errors, &path).await,
+            _ = ticker.tick() => write_store(&store, &errors, &file).await,
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-async fn write_store(store: &Store, errors: &IntCounter, path: &Path) {
+async fn write_store(store: &Store, errors: &IntCounter, file: &Arc<StoreFile>) {
     let records = store.records();
-    let target = path.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || persistence::save(&target, records)).await;
+    let path = file.path();
+    let target = file.clone();
+    let result = tokio::task::spawn_blocking(move || target.save(records)).await;
     match result {
         Ok(Ok(())) => tracing::debug!(path = %path.display(), "persistence file written"),
         Ok(Err(err)) => {

@@ -6,9 +6,8 @@
 //! that do read (`apptheus exec`). Monitoring ends when the cgroup empties, not when the
 //! connection closes.
 
-use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::placement::{Caller, PlaceError, Placed, Placer};
 use crate::sampler::SamplerQueue;
+use crate::support::owned_dir::OwnedDir;
+use rustix::fs::{FileType, Mode};
 use trust::{Refusal, TrustedSet};
 
 pub mod trust;
@@ -68,34 +69,37 @@ pub enum Ack {
 /// The bound socket; removes its file when dropped (only if the file is still ours).
 pub struct Socket {
     listener: UnixListener,
-    path: PathBuf,
+    dir: OwnedDir,
+    name: OsString,
     inode: u64,
 }
 
 impl Socket {
-    /// Create the parent directory, replace a stale socket file, refuse to steal the socket of
-    /// a live agent, and open it to every user (trust is checked per connection).
+    /// Create the parent directory (0755) when missing, refuse one another user could swap names
+    /// in, replace a stale socket (only a socket: never a file, never through a symlink), refuse
+    /// to steal the socket of a live agent, and bind it open to every user (trust is checked per
+    /// connection), the mode set before the node exists rather than by a chmod of its path.
     pub fn bind(path: &Path) -> Result<Socket> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating socket directory {}", dir.display()))?;
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        let name = path.file_name().with_context(|| format!("--socket.path {} has no file name", path.display()))?;
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = OwnedDir::open(parent, name, true).map_err(|e| anyhow::anyhow!("--socket.path: {e}"))?;
+        let existing = dir.stat(name).with_context(|| format!("checking socket path {}", path.display()))?;
+        match existing.map(|st| FileType::from_raw_mode(st.st_mode)) {
+            Some(FileType::Socket) => {
+                if std::os::unix::net::UnixStream::connect(dir.path_via_fd(name)).is_ok() {
                     bail!("socket {} is already served by a running agent", path.display());
                 }
-                std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+                dir.remove_socket(name).with_context(|| format!("removing stale socket {}", path.display()))?;
             }
-            Ok(_) => bail!("{} exists and is not a socket; not replacing it", path.display()),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("checking socket path {}", path.display())),
+            Some(_) => bail!("{} exists and is not a socket; not replacing it", path.display()),
+            None => {}
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("binding socket {}", path.display()))?;
-        let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
-        let socket = Socket { listener, path: path.to_path_buf(), inode };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-            .with_context(|| format!("chmod 0777 {}", path.display()))?;
-        Ok(socket)
+        let (listener, inode) = bind_open_to_all(&dir, name).with_context(|| format!("binding socket {}", path.display()))?;
+        let listener = UnixListener::from_std(listener).with_context(|| format!("listening on {}", path.display()))?;
+        Ok(Socket { listener, dir, name: name.to_os_string(), inode })
     }
 
     /// Accept launchers until shutdown.
@@ -121,10 +125,29 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.inode) {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        let _ = self.dir.remove_if_inode(&self.name, self.inode);
     }
+}
+
+/// A listening socket at `name` in `dir`, mode 0777 from its creation: `bind` gives the new node
+/// the socket inode's mode less the umask, so both are set first (the umask only for the `bind`
+/// call, at start-up, when no other thread creates files). The path goes through the directory's
+/// descriptor, so the node is made in the directory that was checked.
+/// Returns the listener and the node's inode (what the agent removes at exit, if still there).
+fn bind_open_to_all(dir: &OwnedDir, name: &OsStr) -> std::io::Result<(std::os::unix::net::UnixListener, u64)> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK, None)?;
+    rustix::fs::fchmod(&sock, Mode::from_raw_mode(0o777))?;
+    let addr = SocketAddrUnix::new(dir.path_via_fd(name))?;
+    let umask = rustix::process::umask(Mode::empty());
+    let bound = rustix::net::bind(&sock, &addr);
+    rustix::process::umask(umask);
+    bound?;
+    let inode = dir.stat(name)?.map_or(0, |st| st.st_ino);
+    // Where a chmod by path used to be: a test swaps the path for a symlink here.
+    crate::support::faults::point("launcher::socket_bound");
+    rustix::net::listen(&sock, 1024)?;
+    Ok((std::os::unix::net::UnixListener::from(sock), inode))
 }
 
 async fn handle(gate: Arc<Gate>, mut stream: UnixStream) {

@@ -1,17 +1,19 @@
 //! The persistence file (`--persistence.file`): the store of live and retained containers,
-//! written atomically (temp file, fsync, rename, fsync dir) and loaded at start.
+//! written atomically (a new temp file of an unpredictable name, fsync, rename, fsync dir), all
+//! relative to the directory held open, and loaded at start.
 //!
 //! Format: JSON with a header naming the format and its version, so a foreign file (the Go
 //! original's protobuf file, say) is recognised as such and set aside, never misread.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::Record;
+use crate::support::owned_dir::OwnedDir;
 
 const FORMAT: &str = "apptheus-store";
 const VERSION: u32 = 1;
@@ -54,54 +56,75 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Vec<Record>, LoadError> {
     Ok(doc.containers)
 }
 
-/// Load the file; a missing file is an empty store.
-pub fn load(path: &Path) -> Result<Vec<Record>, LoadError> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode(path, &bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(err) => Err(LoadError::Read { path: path.to_path_buf(), err }),
-    }
+/// The persistence file in its directory, held open: every read, write and set-aside is made
+/// relative to that directory and never through a name another user planted (see
+/// [`OwnedDir`]). Opening refuses a directory others could swap names in.
+pub struct StoreFile {
+    dir: OwnedDir,
+    name: OsString,
 }
 
-/// Load the file, or, if it cannot be used, log one line, move it aside (`<file>.corrupt-<unix
-/// seconds>`, so a good file is never lost silently) and start empty.
-pub fn load_or_set_aside(path: &Path) -> Vec<Record> {
-    match load(path) {
-        Ok(records) => records,
-        Err(err) => {
-            let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
-            match std::fs::rename(path, &aside) {
-                Ok(()) => tracing::error!(%err, moved_to = %aside.display(), "persistence file unusable; starting empty"),
-                Err(mv) => tracing::error!(%err, move_error = %mv, "persistence file unusable and could not be moved aside; starting empty"),
-            }
-            Vec::new()
+impl StoreFile {
+    pub fn open(path: &Path) -> anyhow::Result<StoreFile> {
+        let name = path.file_name().ok_or_else(|| anyhow::anyhow!("--persistence.file {} has no file name", path.display()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let dir = OwnedDir::open(dir, name, false).map_err(|e| anyhow::anyhow!("--persistence.file: {e}"))?;
+        Ok(StoreFile { dir, name: name.to_os_string() })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+
+    /// Load the file; a missing file is an empty store.
+    pub fn load(&self) -> Result<Vec<Record>, LoadError> {
+        match self.dir.read(&self.name) {
+            Ok(Some(bytes)) => decode(&self.path(), &bytes),
+            Ok(None) => Ok(Vec::new()),
+            Err(err) => Err(LoadError::Read { path: self.path(), err }),
         }
     }
-}
 
-/// Write the file atomically: a reader (or a crash) sees the old file or the new one, whole.
-pub fn save(path: &Path, records: Vec<Record>) -> io::Result<()> {
-    let doc = Document { format: FORMAT.into(), version: VERSION, written: SystemTime::now(), containers: records };
-    let bytes = serde_json::to_vec(&doc).map_err(io::Error::other)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().ok_or_else(|| io::Error::other("persistence file has no name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    let result = write();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    /// Load the file, or, if it cannot be used, log one line, move it aside
+    /// (`<file>.corrupt-<unix seconds>`, never over an existing name, so a good file is never
+    /// lost silently) and start empty.
+    pub fn load_or_set_aside(&self) -> Vec<Record> {
+        let err = match self.load() {
+            Ok(records) => return records,
+            Err(err) => err,
+        };
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut last = None;
+        for attempt in 0..8 {
+            let mut aside = self.name.clone();
+            aside.push(if attempt == 0 { format!(".corrupt-{stamp}") } else { format!(".corrupt-{stamp}-{attempt}") });
+            match self.dir.rename_noreplace(&self.name, &aside) {
+                Ok(()) => {
+                    let moved_to = self.dir.path().join(&aside);
+                    tracing::error!(%err, moved_to = %moved_to.display(), "persistence file unusable; starting empty");
+                    return Vec::new();
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        let mv = last.map(|e| e.to_string()).unwrap_or_default();
+        tracing::error!(%err, move_error = %mv, "persistence file unusable and could not be moved aside; starting empty");
+        Vec::new()
     }
-    result
+
+    /// Write the file atomically: a reader (or a crash) sees the old file or the new one, whole.
+    pub fn save(&self, records: Vec<Record>) -> io::Result<()> {
+        let doc = Document { format: FORMAT.into(), version: VERSION, written: SystemTime::now(), containers: records };
+        let bytes = serde_json::to_vec(&doc).map_err(io::Error::other)?;
+        self.dir.write_atomic(&self.name, &bytes, 0o600)
+    }
 }
 
 #[cfg(test)]
@@ -135,9 +158,9 @@ mod tests {
     #[test]
     fn round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.json");
-        save(&path, vec![record("starter_42"), record("starter_43")]).unwrap();
-        let back = load(&path).unwrap();
+        let file = StoreFile::open(&dir.path().join("store.json")).unwrap();
+        file.save(vec![record("starter_42"), record("starter_43")]).unwrap();
+        let back = file.load().unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].info, record("starter_42").info);
         assert_eq!(back[0].latest.as_ref().unwrap().sample.cpu.usage_ns, Some(123));
@@ -148,14 +171,16 @@ mod tests {
 
     #[test]
     fn missing_file_is_empty() {
-        assert!(load(Path::new("/nonexistent/store.json")).unwrap().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(StoreFile::open(&dir.path().join("store.json")).unwrap().load().unwrap().is_empty());
     }
 
     #[test]
     fn truncated_garbage_and_foreign_files_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        save(&path, vec![record("starter_42")]).unwrap();
+        let file = StoreFile::open(&path).unwrap();
+        file.save(vec![record("starter_42")]).unwrap();
         let good = std::fs::read(&path).unwrap();
         let cases: Vec<Vec<u8>> = vec![
             good[..good.len() / 2].to_vec(),
@@ -166,8 +191,8 @@ mod tests {
         ];
         for (i, bytes) in cases.into_iter().enumerate() {
             std::fs::write(&path, &bytes).unwrap();
-            assert!(load(&path).is_err(), "case {i} loaded");
-            assert!(load_or_set_aside(&path).is_empty());
+            assert!(file.load().is_err(), "case {i} loaded");
+            assert!(file.load_or_set_aside().is_empty());
             assert!(!path.exists(), "case {i}: file not moved aside");
             let aside: Vec<_> = std::fs::read_dir(dir.path())
                 .unwrap()
@@ -181,8 +206,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_directory_is_an_error_not_a_panic() {
-        let err = save(Path::new("/nonexistent/dir/store.json"), vec![]).unwrap_err();
+    fn a_directory_gone_is_an_error_not_a_panic() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let file = StoreFile::open(&dir.join("store.json")).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+        let err = file.save(vec![]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
 

@@ -4,3 +4,4 @@ pub mod duration;
 pub mod faults;
 pub mod heap;
 pub mod logging;
+pub mod owned_dir;
