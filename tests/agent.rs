@@ -216,16 +216,8 @@ s.connect(sys.argv[1])
 print(s.makefile().readline().strip(), flush=True)
 time.sleep(30)
 "#;
-    let mut launcher = Command::new(&python)
-        .args(["-c", script])
-        .arg(&agent.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut launcher, ack) = spawn_and_read_answer(Command::new(&python).args(["-c", script]).arg(&agent.socket));
     agent.started.push(launcher.id());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(launcher.stdout.take().unwrap()), &mut line).unwrap();
-    let ack: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(ack["status"], "ok", "{ack}");
     let id = ack["id"].as_str().unwrap().to_string();
     let exe_name = python.file_name().unwrap().to_string_lossy().into_owned();
@@ -577,18 +569,8 @@ fn image_label_names_what_the_container_runs() {
     let mut expected = Vec::new();
     let mut children = Vec::new();
     for (what, env, image) in cases {
-        let mut launcher = Command::new(&python)
-            .args(["-c", script])
-            .arg(&agent.socket)
-            .env_clear()
-            .envs(env)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (launcher, ack) = spawn_and_read_answer(Command::new(&python).args(["-c", script]).arg(&agent.socket).env_clear().envs(env));
         agent.started.push(launcher.id());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(launcher.stdout.take().unwrap()), &mut line).unwrap();
-        let ack: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {line:?}"));
         assert_eq!(ack["status"], "ok", "{what}: {ack}");
         expected.push((what, ack["id"].as_str().unwrap().to_string(), image));
         children.push(launcher);

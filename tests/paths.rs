@@ -272,12 +272,9 @@ fn a_launcher_with_a_huge_environment_is_placed_and_the_agent_stays_small() {
                 Ok(())
             });
         }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("a launcher with a 5 MiB environment");
+        let (child, ack) = spawn_and_read_answer(&mut cmd);
         agent.started.push(child.id());
         let size = std::fs::read(format!("/proc/{}/environ", child.id())).map(|e| e.len()).unwrap_or(0);
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-        let ack: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         assert_eq!(ack["status"], "ok", "{ack}");
         assert!(size > 5 * 1024 * 1024, "the environment is only {size} bytes");
         ids.push((ack["id"].as_str().unwrap().to_string(), child));

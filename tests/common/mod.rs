@@ -514,3 +514,13 @@ pub fn thaw(pid: u32) {
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
+
+/// Spawn a scripted launcher (the caller sets its program, arguments and environment; it prints
+/// the agent's answer line) and read that answer: the child and the parsed answer.
+pub fn spawn_and_read_answer(cmd: &mut Command) -> (std::process::Child, serde_json::Value) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn the launcher");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let ack = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (child, ack)
+}
