@@ -197,13 +197,15 @@ fn the_socket_path_swapped_after_bind_changes_no_mode() {
     let mut args = flags(&socket, &["--log.level=debug".into()]);
     args[1] = format!("--web.listen-address=127.0.0.1:{port}");
     args[2] = format!("--cgroup.parent={}", unique("apptheus-paths"));
-    let mut agent = Command::new(BIN)
-        .args(&args)
-        .env("FAILPOINTS", "launcher::socket_bound=sleep(2000)")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut agent = Stopped(
+        Command::new(BIN)
+            .args(&args)
+            .env("FAILPOINTS", "launcher::socket_bound=sleep(2000)")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     wait_for(Duration::from_secs(10), "the agent held right after bind", || {
         std::fs::read_to_string(&log_path).unwrap().contains("point=launcher::socket_bound").then_some(())
     });
@@ -216,18 +218,32 @@ fn the_socket_path_swapped_after_bind_changes_no_mode() {
     // The socket it bound still takes launchers (through its moved name).
     let out = Command::new(BIN).args(["exec", &format!("--socket.path={}", base.path().join("run/moved.sock").display()), "--", "true"]).output().unwrap();
     assert!(out.status.success(), "exec through the bound socket: {}", String::from_utf8_lossy(&out.stderr));
-    rustix_kill(&mut agent);
+    agent.stop();
     // At exit it removes only its own socket: the symlink stays, the victim too.
     assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_symlink());
     victim.assert_untouched("the agent's exit");
 }
 
-fn rustix_kill(agent: &mut std::process::Child) {
-    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while agent.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the agent did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
+/// An agent started by hand, stopped with SIGTERM (by its recorded pid) also when the test fails.
+struct Stopped(std::process::Child);
+
+impl Stopped {
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let _ = self.0.wait();
+        }
     }
 }
 

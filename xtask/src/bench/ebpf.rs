@@ -1,7 +1,10 @@
 //! eBPF overhead: per-program ns/event from the kernel's own BPF statistics
 //! (`kernel.bpf_stats_enabled=1`, `bpftool prog show` run_time_ns / run_cnt), and the
 //! slowdown of `perf bench sched pipe` (a context-switch storm: sched_switch fires twice per
-//! round trip) with the agent's programs attached vs. detached, in alternating runs.
+//! round trip) with the agent's programs attached vs. detached, in alternating runs: once with
+//! perf's tasks on the host (what every task on the node pays) and once inside an `apptheus
+//! exec` container (what the monitored jobs pay: the programs' full path). An empty program on
+//! `sched_switch` measures the statistics' own cost per event, to be subtracted.
 //!
 //! What keeps the timing honest on a shared machine:
 //! - `kernel.bpf_stats_enabled` is forced to 0 for every timed run (the statistics add two clock
@@ -111,15 +114,41 @@ pub fn programs_of(bpftool: &Path, pid: u32) -> Result<BTreeMap<u64, ProgStat>> 
     Ok(map)
 }
 
+/// Where the pipe benchmark's two tasks run.
+#[derive(Clone, Copy)]
+pub enum Tasks<'a> {
+    /// On the host, in no container: the cost every task on the node pays.
+    Host,
+    /// In a container of the agent, through `apptheus exec` on its socket.
+    Monitored { bin: &'a Path, socket: &'a Path },
+}
+
+impl Tasks<'_> {
+    /// `program`, run there (its arguments to be added).
+    fn command(self, program: &str) -> Command {
+        match self {
+            Tasks::Host => Command::new(program),
+            Tasks::Monitored { bin, socket } => {
+                let mut c = Command::new(bin);
+                c.arg("exec").arg(format!("--socket.path={}", socket.display())).args(["--", program]);
+                c
+            }
+        }
+    }
+}
+
 /// `taskset -c 0 perf bench sched pipe -l LOOPS`: (wall, CPU) microseconds per round trip.
 /// Wall is perf's own figure; CPU is the user+system time of perf and its forked partner (from
 /// wait4), which includes perf's set-up (~1 %) but not the time other processes ran on the CPU.
 /// Both tasks share one CPU, so every round trip is two context switches on it and no
 /// cross-CPU wake-up: in a VM, waking an idle vCPU costs tens of µs and makes unpinned runs
 /// swing 8× with the host's load.
-pub fn sched_pipe(perf: &Path, loops: u64) -> Result<(f64, f64)> {
+/// Monitored, the CPU time includes `apptheus exec`'s own (it waits for its child, so wait4
+/// gives the whole tree's): a few ms over the run, well below 0.1 %.
+pub fn sched_pipe(perf: &Path, tasks: Tasks, loops: u64) -> Result<(f64, f64)> {
     use std::io::Read as _;
-    let mut child = Command::new("taskset")
+    let mut child = tasks
+        .command("taskset")
         .args(["-c", "0"])
         .arg(perf)
         .args(["bench", "sched", "pipe", "-l", &loops.to_string()])
@@ -200,25 +229,38 @@ fn wait_for_no_tracing_programs(bpftool: &Path) -> Result<f64> {
 }
 
 /// A timed run with statistics off, repeated while other processes share CPU 0.
-fn timed_pipe(perf: &Path, bpftool: &Path, agent: Option<u32>, stats: &Stats, loops: u64, waited_s: f64) -> Result<PipeRun> {
+fn timed_pipe(perf: &Path, tasks: Tasks, bpftool: &Path, agent: Option<u32>, stats: &Stats, loops: u64, waited_s: f64) -> Result<PipeRun> {
     stats.set(false)?;
     let foreign = foreign_tracing_programs(bpftool, agent)?.len();
     let mut run = PipeRun { wall_us: 0.0, cpu_us: 0.0, tries: 0, shared: true, waited_s, foreign };
     while run.tries < TRIES && run.shared {
         sys::check_interrupt()?;
-        let (wall_us, cpu_us) = sched_pipe(perf, loops)?;
+        let (wall_us, cpu_us) = sched_pipe(perf, tasks, loops)?;
         run = PipeRun { wall_us, cpu_us, tries: run.tries + 1, shared: wall_us > cpu_us * 1.02, ..run };
     }
     Ok(run)
 }
 
+/// Per program: (type, ns/event per attached run, events per run).
+pub type ProgramRuns = BTreeMap<String, (String, Vec<f64>, Vec<u64>)>;
+
 pub struct EbpfResult {
     /// Why nothing was measured, if so.
     pub unavailable: Option<String>,
-    /// Per program: (type, ns/event per attached run, events per run).
-    pub programs: BTreeMap<String, (String, Vec<f64>, Vec<u64>)>,
+    /// perf's tasks on the host.
+    pub programs: ProgramRuns,
     pub attached: Vec<PipeRun>,
     pub detached: Vec<PipeRun>,
+    /// perf's tasks in a monitored container.
+    pub programs_monitored: ProgramRuns,
+    pub attached_monitored: Vec<PipeRun>,
+    pub detached_monitored: Vec<PipeRun>,
+    /// The same from a spawn storm ([`spawn_storm`]): the fork, exec and exit programs' figures.
+    pub spawn_programs: ProgramRuns,
+    pub spawn_programs_monitored: ProgramRuns,
+    /// ns/event of an empty program on `sched_switch` with the statistics on, per round: their
+    /// own cost, included in every program's figure.
+    pub empty_ns: Vec<f64>,
     pub loops: u64,
 }
 
@@ -246,7 +288,19 @@ fn with_agent<T>(bin: &Path, tmp: &Path, ebpf: bool, f: impl FnOnce(&Agent) -> R
 }
 
 pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResult> {
-    let mut res = EbpfResult { unavailable: None, programs: BTreeMap::new(), attached: Vec::new(), detached: Vec::new(), loops };
+    let mut res = EbpfResult {
+        unavailable: None,
+        programs: BTreeMap::new(),
+        attached: Vec::new(),
+        detached: Vec::new(),
+        programs_monitored: BTreeMap::new(),
+        attached_monitored: Vec::new(),
+        detached_monitored: Vec::new(),
+        spawn_programs: BTreeMap::new(),
+        spawn_programs_monitored: BTreeMap::new(),
+        empty_ns: Vec::new(),
+        loops,
+    };
     let tools: Vec<(&str, Option<PathBuf>)> = vec![("bpftool", sys::which("bpftool")), ("perf", sys::which("perf"))];
     // First: does this agent load its programs at all?
     let up = with_agent(bin, tmp, true, ebpf_up)?;
@@ -273,36 +327,124 @@ pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResu
             // are loaded (so that nobody waits for ours meanwhile).
             let waited = wait_for_no_tracing_programs(&bpftool)?;
             with_agent(bin, tmp, attached, |agent| {
+                let monitored = Tasks::Monitored { bin, socket: &agent.socket };
                 if attached {
                     // Timed with the statistics off, then run again with them on for the
-                    // per-program figures.
-                    let run = timed_pipe(&perf, &bpftool, Some(agent.pid), &stats, loops, waited)?;
-                    stats.set(true)?;
-                    let before = programs_of(&bpftool, agent.pid)?;
-                    if before.is_empty() {
-                        bail!("bpftool shows no program held by the agent (pid {})", agent.pid);
-                    }
-                    sched_pipe(&perf, loops)?;
-                    let after = programs_of(&bpftool, agent.pid)?;
-                    stats.set(false)?;
-                    for (id, a) in &after {
-                        let Some(b) = before.get(id) else { continue };
-                        let cnt = a.run_cnt.saturating_sub(b.run_cnt);
-                        let ns = a.run_time_ns.saturating_sub(b.run_time_ns);
-                        let e = res.programs.entry(a.name.clone()).or_insert_with(|| (a.kind.clone(), Vec::new(), Vec::new()));
-                        if cnt > 0 {
-                            e.1.push(ns as f64 / cnt as f64);
-                        }
-                        e.2.push(cnt);
-                    }
-                    res.attached.push(run);
+                    // per-program figures; host tasks, then monitored ones.
+                    res.attached.push(timed_pipe(&perf, Tasks::Host, &bpftool, Some(agent.pid), &stats, loops, waited)?);
+                    res.attached_monitored.push(timed_pipe(&perf, monitored, &bpftool, Some(agent.pid), &stats, loops, waited)?);
+                    let pipe = |tasks| sched_pipe(&perf, tasks, loops).map(|_| ());
+                    program_costs(&bpftool, agent.pid, &stats, &mut res.programs, || pipe(Tasks::Host))?;
+                    program_costs(&bpftool, agent.pid, &stats, &mut res.programs_monitored, || pipe(monitored))?;
+                    program_costs(&bpftool, agent.pid, &stats, &mut res.spawn_programs, || spawn_storm(Tasks::Host))?;
+                    program_costs(&bpftool, agent.pid, &stats, &mut res.spawn_programs_monitored, || spawn_storm(monitored))?;
                 } else {
-                    res.detached.push(timed_pipe(&perf, &bpftool, None, &stats, loops, waited)?);
+                    res.detached.push(timed_pipe(&perf, Tasks::Host, &bpftool, None, &stats, loops, waited)?);
+                    res.detached_monitored.push(timed_pipe(&perf, monitored, &bpftool, None, &stats, loops, waited)?);
                 }
                 Ok(())
             })?;
             eprintln!("bench: ebpf round {}/{rounds} ({})", r + 1, if attached { "attached" } else { "detached" });
         }
+        res.empty_ns.push(empty_program_ns(&perf, &bpftool, &stats, loops)?);
     }
     Ok(res)
+}
+
+/// Processes a spawn storm starts, one after the other (each a fork, an exec and an exit).
+pub const SPAWNS: u32 = 1000;
+
+/// A shell that starts `/bin/true` [`SPAWNS`] times, on the host or in a monitored container:
+/// what a job script of short commands does.
+fn spawn_storm(tasks: Tasks) -> Result<()> {
+    let script = format!("i=0; while [ $i -lt {SPAWNS} ]; do /bin/true; i=$((i+1)); done");
+    let status = tasks
+        .command("sh")
+        .args(["-c", &script]).stdout(Stdio::null()).status().context("running the spawn storm")?;
+    if !status.success() {
+        bail!("the spawn storm failed: {status}");
+    }
+    Ok(())
+}
+
+/// One workload run with the statistics on: each of the agent's programs' ns/event and events.
+fn program_costs(bpftool: &Path, agent: u32, stats: &Stats, out: &mut ProgramRuns, workload: impl FnOnce() -> Result<()>) -> Result<()> {
+    stats.set(true)?;
+    let before = programs_of(bpftool, agent)?;
+    if before.is_empty() {
+        bail!("bpftool shows no program held by the agent (pid {agent})");
+    }
+    workload()?;
+    let after = programs_of(bpftool, agent)?;
+    stats.set(false)?;
+    for (id, a) in &after {
+        let Some(b) = before.get(id) else { continue };
+        let cnt = a.run_cnt.saturating_sub(b.run_cnt);
+        let ns = a.run_time_ns.saturating_sub(b.run_time_ns);
+        let e = out.entry(a.name.clone()).or_insert_with(|| (a.kind.clone(), Vec::new(), Vec::new()));
+        if cnt > 0 {
+            e.1.push(ns as f64 / cnt as f64);
+        }
+        e.2.push(cnt);
+    }
+    Ok(())
+}
+
+/// The statistics' own cost per event: an empty raw tracepoint program (`r0 = 0; exit`) on
+/// `sched_switch`, loaded by this process with the `bpf` syscall, with the statistics on during a
+/// host pipe run. The same dispatch (`bpf_trace_run`) and the same two clock reads as the agent's
+/// `tp_btf` programs; nothing else.
+fn empty_program_ns(perf: &Path, bpftool: &Path, stats: &Stats, loops: u64) -> Result<f64> {
+    let (prog, link) = load_empty_sched_switch()?;
+    let me = std::process::id();
+    stats.set(true)?;
+    let before = programs_of(bpftool, me)?;
+    sched_pipe(perf, Tasks::Host, loops)?;
+    let after = programs_of(bpftool, me)?;
+    stats.set(false)?;
+    drop((link, prog));
+    let (id, a) = after.iter().next().context("bpftool does not show the empty program")?;
+    let b = before.get(id).cloned().unwrap_or_default();
+    let cnt = a.run_cnt.saturating_sub(b.run_cnt);
+    if cnt == 0 {
+        bail!("the empty program on sched_switch never ran");
+    }
+    Ok(a.run_time_ns.saturating_sub(b.run_time_ns) as f64 / cnt as f64)
+}
+
+/// Load `r0 = 0; exit` as a raw tracepoint program and attach it to `sched_switch`: (program,
+/// link) descriptors; closing both detaches and unloads it.
+fn load_empty_sched_switch() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+    // mov64 r0, 0; exit
+    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_RAW_TRACEPOINT.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..54].copy_from_slice(b"empty\0");
+    // SAFETY: bpf(BPF_PROG_LOAD) reads `attr` (its size given) and the instructions and license
+    // it points to, all alive for the call.
+    let prog = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len() as u32) };
+    if prog < 0 {
+        bail!("loading the empty program: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned to us, owned from here.
+    let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
+    let name = c"sched_switch";
+    let mut open = [0u8; 16];
+    open[0..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    open[8..12].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&prog) as u32).to_ne_bytes());
+    // SAFETY: as above, for BPF_RAW_TRACEPOINT_OPEN.
+    let link = unsafe { libc::syscall(libc::SYS_bpf, BPF_RAW_TRACEPOINT_OPEN, open.as_ptr(), open.len() as u32) };
+    if link < 0 {
+        bail!("attaching the empty program to sched_switch: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok((prog, unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) }))
 }

@@ -45,7 +45,11 @@ fn paired_slowdown(e: &ebpf::EbpfResult) -> f64 {
 }
 
 fn paired(e: &ebpf::EbpfResult, f: impl Fn(&ebpf::PipeRun) -> f64) -> f64 {
-    median(&e.attached.iter().zip(&e.detached).map(|(a, d)| f(a) / f(d) - 1.0).collect::<Vec<_>>())
+    paired_runs(&e.attached, &e.detached, f)
+}
+
+fn paired_runs(attached: &[ebpf::PipeRun], detached: &[ebpf::PipeRun], f: impl Fn(&ebpf::PipeRun) -> f64) -> f64 {
+    median(&attached.iter().zip(detached).map(|(a, d)| f(a) / f(d) - 1.0).collect::<Vec<_>>())
 }
 
 fn goal(met: Option<bool>) -> &'static str {
@@ -102,6 +106,7 @@ pub(super) fn render(
     write_header(&mut o, args, m, command, load_before, load_after, took);
     write_goals_issue6(&mut o, cfg, res);
     write_goals_issue14(&mut o, cfg, res);
+    write_goals_issue20(&mut o, res);
     write_sampling(&mut o, cfg, scen, res);
     write_scrape(&mut o, cfg, scen, res);
     write_placement(&mut o, res);
@@ -163,6 +168,39 @@ fn write_goals_issue6(o: &mut String, cfg: &Config, res: &Results) {
     g.row(vec!["`perf bench sched pipe` slowdown, attached vs detached".into(), "≤ 5 %".into(), slowdown.map(|v| format!("{:+.1} %", v * 100.0)).unwrap_or("–".into()), goal(slowdown.map(|v| v <= 0.05)).into()]);
     o.push_str(&g.markdown());
     o.push('\n');
+}
+
+/// A program's median ns/event, the empty program's (the statistics' own cost) subtracted.
+fn program_ns(programs: &ebpf::ProgramRuns, e: &ebpf::EbpfResult, part: &str) -> Option<f64> {
+    let (_, (_, ns, _)) = programs.iter().find(|(k, _)| k.contains(part))?;
+    (!ns.is_empty()).then(|| median(ns) - median(&e.empty_ns))
+}
+
+fn paired_monitored(e: &ebpf::EbpfResult) -> f64 {
+    paired_runs(&e.attached_monitored, &e.detached_monitored, |r| r.wall_us)
+}
+
+/// "## Goals (issue 20 ...)": what the monitored jobs pay, beside what host tasks pay, in one run.
+fn write_goals_issue20(o: &mut String, res: &Results) {
+    let _ = writeln!(o, "## Goals (issue 20: eBPF cost of the monitored tasks)\n");
+    let eb = res.ebpf.as_ref().filter(|e| e.unavailable.is_none() && !e.empty_ns.is_empty());
+    let mut g = Table::new(&["goal", "target", "host tasks", "monitored tasks", "status (monitored)"]);
+    let ns = |v: Option<f64>| v.map(|v| format!("{} ns", num(v))).unwrap_or("–".into());
+    let empty = eb.map(|e| format!(" (statistics' own cost, an empty program: {} ns, subtracted)", num(median(&e.empty_ns)))).unwrap_or_default();
+    let host_switch = eb.and_then(|e| program_ns(&e.programs, e, "switch"));
+    let mon_switch = eb.and_then(|e| program_ns(&e.programs_monitored, e, "switch"));
+    g.row(vec![format!("sched_switch ns/event{empty}"), "≤ 150 ns".into(), ns(host_switch), ns(mon_switch), goal(mon_switch.map(|v| v <= 150.0)).into()]);
+    for part in ["fork", "exec", "exit"] {
+        let host = eb.and_then(|e| program_ns(&e.spawn_programs, e, part));
+        let mon = eb.and_then(|e| program_ns(&e.spawn_programs_monitored, e, part));
+        g.row(vec![format!("sched_process_{part} ns/event (statistics' cost subtracted)"), "≤ 300 ns".into(), ns(host), ns(mon), goal(mon.map(|v| v <= 300.0)).into()]);
+    }
+    let host_slow = eb.map(paired_slowdown);
+    let mon_slow = eb.map(paired_monitored);
+    let pct = |v: Option<f64>| v.map(|v| format!("{:+.1} %", v * 100.0)).unwrap_or("–".into());
+    g.row(vec!["`perf bench sched pipe` slowdown, attached vs detached (median of the per-round ratios)".into(), "≤ 5 %".into(), pct(host_slow), pct(mon_slow), goal(mon_slow.map(|v| v <= 0.05)).into()]);
+    o.push_str(&g.markdown());
+    let _ = writeln!(o, "\nsched_switch from the pipe benchmark; fork, exec and exit from a spawn storm (a shell starting `/bin/true` {} times, on the host or through `apptheus exec`), once per attached round. Section 4 has every program's figures.\n", ebpf::SPAWNS);
 }
 
 /// "## Goals (issue 14 ...)": the default placement nests launchers that run in a job, and costs
@@ -429,7 +467,9 @@ fn write_ebpf(o: &mut String, cfg: &Config, res: &Results) {
         }
         (Some(e), _) => {
             write_ebpf_programs(o, e);
-            write_ebpf_pipe(o, e);
+            write_ebpf_pipe(o, "Host tasks (perf bench's tasks in no container):", &e.attached, &e.detached);
+            write_ebpf_monitored(o, e);
+            write_ebpf_pipe(o, "Monitored tasks (perf bench run by `apptheus exec`, in the agent's container):", &e.attached_monitored, &e.detached_monitored);
         }
         (None, Some(err)) => {
             let _ = writeln!(o, "**Not completed:** {err}");
@@ -443,7 +483,7 @@ fn write_ebpf(o: &mut String, cfg: &Config, res: &Results) {
 
 /// eBPF: method, and ns/event and events per run of each of the agent's programs.
 fn write_ebpf_programs(o: &mut String, e: &ebpf::EbpfResult) {
-    let _ = writeln!(o, "`taskset -c 0 perf bench sched pipe -l {}` (both tasks on one CPU: two context switches per round trip, no cross-CPU wake-up, whose cost in this VM swings with the host's load), {} rounds of one attached (agent with 1 container) and one detached (`--ebpf.disable`) run, in alternating order. Timed runs have `kernel.bpf_stats_enabled=0` (forced, restored afterwards) and start once no other tracing BPF program is loaded on the machine (another agent's programs would slow both sides); a run during which other processes took CPU 0 (perf's wall time > 1.02 × the CPU time of its two tasks) is repeated, up to 5 times. Per-program cost from a second run in each attached round with `kernel.bpf_stats_enabled=1`; those figures include the statistics' own two clock reads per run (an empty program measures ~50 ns/event here). perf bench's tasks are not in a container, so this is the cost every task on the node pays.\n", e.loops, e.attached.len());
+    let _ = writeln!(o, "`taskset -c 0 perf bench sched pipe -l {}` (both tasks on one CPU: two context switches per round trip, no cross-CPU wake-up, whose cost in this VM swings with the host's load), {} rounds of one attached (agent with 1 container) and one detached (`--ebpf.disable`) run, in alternating order. Timed runs have `kernel.bpf_stats_enabled=0` (forced, restored afterwards) and start once no other tracing BPF program is loaded on the machine (another agent's programs would slow both sides); a run during which other processes took CPU 0 (perf's wall time > 1.02 × the CPU time of its two tasks) is repeated, up to 5 times. Per-program cost from a second run in each attached round with `kernel.bpf_stats_enabled=1`; those figures include the statistics' own two clock reads per run (an empty program's cost, measured below). In this table perf bench's tasks are in no container: the cost every task on the node pays; the monitored tasks' table follows.\n", e.loops, e.attached.len());
     let mut t = Table::new(&["program", "type", "ns/event (median of runs)", "events per run (median)"]);
     for (name, (kind, ns, cnt)) in &e.programs {
         t.row(vec![name.clone(), kind.clone(), num(median(ns)), format!("{:.0}", median(&cnt.iter().map(|c| *c as f64).collect::<Vec<_>>()))]);
@@ -452,22 +492,49 @@ fn write_ebpf_programs(o: &mut String, e: &ebpf::EbpfResult) {
     o.push('\n');
 }
 
+/// eBPF: per program, ns/event for host tasks and for monitored tasks, each also less the
+/// statistics' own cost (an empty program's ns/event in the same rounds).
+fn write_ebpf_monitored(o: &mut String, e: &ebpf::EbpfResult) {
+    let empty = median(&e.empty_ns);
+    let all = e.empty_ns.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(o, "The statistics' own cost: an empty raw tracepoint program (`r0 = 0; exit`) on `sched_switch`, loaded by the harness with the statistics on during a host pipe run, once per round: {} ns/event median ({all}). Each program, for host tasks and for monitored tasks (perf bench run by `apptheus exec`, so both tasks are in the agent's container and take every program's full path), from the statistics runs:\n", num(empty));
+    program_table(o, &e.programs, &e.programs_monitored, empty);
+    let _ = writeln!(o, "\nA spawn storm (a shell starting `/bin/true` {} times: one fork, exec and exit each), with the statistics on, once per attached round:\n", ebpf::SPAWNS);
+    program_table(o, &e.spawn_programs, &e.spawn_programs_monitored, empty);
+    o.push('\n');
+}
+
+/// Per program: host and monitored ns/event, each also less the empty program's.
+fn program_table(o: &mut String, host: &ebpf::ProgramRuns, monitored: &ebpf::ProgramRuns, empty: f64) {
+    let mut t = Table::new(&["program", "host ns/event", "host, less the empty program", "monitored ns/event", "monitored, less the empty program", "monitored events per run"]);
+    let f = |v: Option<f64>| v.map(num).unwrap_or("–".into());
+    for (name, (_, ns, _)) in host {
+        let mon = monitored.get(name);
+        let mon_ns = mon.filter(|m| !m.1.is_empty()).map(|m| median(&m.1));
+        let mon_cnt = mon.map(|m| format!("{:.0}", median(&m.2.iter().map(|c| *c as f64).collect::<Vec<_>>()))).unwrap_or("–".into());
+        let host = (!ns.is_empty()).then(|| median(ns));
+        t.row(vec![name.clone(), f(host), f(host.map(|h| h - empty)), f(mon_ns), f(mon_ns.map(|m| m - empty)), mon_cnt]);
+    }
+    o.push_str(&t.markdown());
+}
+
 /// eBPF: `perf bench sched pipe` attached vs detached, the slowdowns, and how the runs went.
-fn write_ebpf_pipe(o: &mut String, e: &ebpf::EbpfResult) {
+fn write_ebpf_pipe(o: &mut String, title: &str, attached: &[ebpf::PipeRun], detached: &[ebpf::PipeRun]) {
+    let _ = writeln!(o, "{title}\n");
     let wall = |v: &[ebpf::PipeRun]| v.iter().map(|r| r.wall_us).collect::<Vec<_>>();
     let cpu = |v: &[ebpf::PipeRun]| v.iter().map(|r| r.cpu_us).collect::<Vec<_>>();
     let all = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
     let mut t = Table::new(&["sched pipe", "µs/op median (perf, wall)", "CPU µs/op median", "runs", "all runs (wall)"]);
-    for (label, runs) in [("attached", &e.attached), ("detached", &e.detached)] {
+    for (label, runs) in [("attached", attached), ("detached", detached)] {
         t.row(vec![label.into(), num(median(&wall(runs))), num(median(&cpu(runs))), runs.len().to_string(), all(&wall(runs))]);
     }
-    let per_round: Vec<String> = e.attached.iter().zip(&e.detached).map(|(a, d)| format!("{:+.1} %", (a.wall_us / d.wall_us - 1.0) * 100.0)).collect();
-    let per_round_cpu: Vec<String> = e.attached.iter().zip(&e.detached).map(|(a, d)| format!("{:+.1} %", (a.cpu_us / d.cpu_us - 1.0) * 100.0)).collect();
-    t.row(vec!["slowdown, ratio of the medians".into(), format!("{:+.1} %", (median(&wall(&e.attached)) / median(&wall(&e.detached)) - 1.0) * 100.0), format!("{:+.1} %", (median(&cpu(&e.attached)) / median(&cpu(&e.detached)) - 1.0) * 100.0), String::new(), String::new()]);
-    t.row(vec!["slowdown, median of the per-round ratios (the goal's figure: wall)".into(), format!("{:+.1} %", paired_slowdown(e) * 100.0), format!("{:+.1} %", paired(e, |r| r.cpu_us) * 100.0), per_round.len().to_string(), per_round.join(", ")]);
+    let per_round: Vec<String> = attached.iter().zip(detached).map(|(a, d)| format!("{:+.1} %", (a.wall_us / d.wall_us - 1.0) * 100.0)).collect();
+    let per_round_cpu: Vec<String> = attached.iter().zip(detached).map(|(a, d)| format!("{:+.1} %", (a.cpu_us / d.cpu_us - 1.0) * 100.0)).collect();
+    t.row(vec!["slowdown, ratio of the medians".into(), format!("{:+.1} %", (median(&wall(attached)) / median(&wall(detached)) - 1.0) * 100.0), format!("{:+.1} %", (median(&cpu(attached)) / median(&cpu(detached)) - 1.0) * 100.0), String::new(), String::new()]);
+    t.row(vec!["slowdown, median of the per-round ratios (the goal's figure: wall)".into(), format!("{:+.1} %", paired_runs(attached, detached, |r| r.wall_us) * 100.0), format!("{:+.1} %", paired_runs(attached, detached, |r| r.cpu_us) * 100.0), per_round.len().to_string(), per_round.join(", ")]);
     t.row(vec!["per-round ratios of CPU time".into(), String::new(), String::new(), per_round_cpu.len().to_string(), per_round_cpu.join(", ")]);
     o.push_str(&t.markdown());
-    let runs: Vec<&ebpf::PipeRun> = e.attached.iter().chain(&e.detached).collect();
+    let runs: Vec<&ebpf::PipeRun> = attached.iter().chain(detached).collect();
     let repeated = runs.iter().filter(|r| r.tries > 1).count();
     let shared = runs.iter().filter(|r| r.shared).count();
     let waited: f64 = runs.iter().map(|r| r.waited_s).sum();
