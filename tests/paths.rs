@@ -196,8 +196,10 @@ fn the_socket_path_swapped_after_bind_changes_no_mode() {
     let port = free_port();
     let mut args = flags(&socket, &["--log.level=debug".into()]);
     args[1] = format!("--web.listen-address=127.0.0.1:{port}");
-    args[2] = format!("--cgroup.parent={}", unique("apptheus-paths"));
+    let parent = unique("apptheus-paths");
+    args[2] = format!("--cgroup.parent={parent}");
     let mut agent = Stopped(
+        parent,
         Command::new(BIN)
             .args(&args)
             .env("FAILPOINTS", "launcher::socket_bound=sleep(2000)")
@@ -224,14 +226,15 @@ fn the_socket_path_swapped_after_bind_changes_no_mode() {
     victim.assert_untouched("the agent's exit");
 }
 
-/// An agent started by hand, stopped with SIGTERM (by its recorded pid) also when the test fails.
-struct Stopped(std::process::Child);
+/// An agent started by hand (with its `--cgroup.parent`), stopped with SIGTERM (by its recorded
+/// pid) also when the test fails; its cgroups are removed after it.
+struct Stopped(String, std::process::Child);
 
 impl Stopped {
     fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.1.id().to_string()]).status();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.0.try_wait().unwrap().is_none() {
+        while self.1.try_wait().unwrap().is_none() {
             assert!(std::time::Instant::now() < deadline, "the agent did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -240,10 +243,12 @@ impl Stopped {
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-            let _ = self.0.wait();
+        if matches!(self.1.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.1.id().to_string()]).status();
+            let _ = self.1.wait();
         }
+        // A container that ended just before the stop may still have its (empty) cgroup.
+        cleanup_parent(&own_cgroup_dirs().iter().map(|d| d.join(&self.0)).collect::<Vec<_>>());
     }
 }
 
