@@ -2,7 +2,7 @@
 //! network counters. Built by `cargo xtask build-ebpf` for `bpfel-unknown-none`; the object is
 //! shipped in `apptheus/src/ebpf/prebuilt/` and embedded in the agent.
 //!
-//! Only cgroups listed in `MONITORED` (filled by the agent) are counted. A cgroup id is the inode
+//! Only cgroups with an entry in `COUNTERS` (filled by the agent) are counted. A cgroup id is the inode
 //! of the container's cgroup v2 directory, i.e. what `bpf_get_current_cgroup_id()` returns.
 #![no_std]
 #![no_main]

@@ -4,7 +4,7 @@
 //! header on (IP headers included); a GSO skb counts once.
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext};
 
-use crate::maps::{add, counters, is_monitored};
+use crate::maps::{add, counters};
 
 /// Verdict that lets the packet through: these programs only count.
 const PASS: i32 = 1;
@@ -24,9 +24,6 @@ pub fn cgroup_skb_egress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn count(ctx: &SkBuffContext, ingress: bool) {
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if !is_monitored(cgroup_id) {
-        return;
-    }
     let Some(c) = counters(cgroup_id) else {
         return;
     };

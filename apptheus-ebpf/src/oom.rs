@@ -8,7 +8,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::{add, counters, is_monitored},
+    maps::{add, counters},
     task,
 };
 
@@ -18,10 +18,8 @@ pub fn oom_mark_victim(ctx: BtfTracePointContext) -> i32 {
     let Some(cgroup_id) = task::cgroup_id(victim) else {
         return 0;
     };
-    if is_monitored(cgroup_id) {
-        if let Some(c) = counters(cgroup_id) {
-            add(unsafe { &raw mut (*c).oom_kills }, 1);
-        }
+    if let Some(c) = counters(cgroup_id) {
+        add(unsafe { &raw mut (*c).oom_kills }, 1);
         let tgid = task::tgid(victim).unwrap_or(0);
         debug!(
             &ctx,

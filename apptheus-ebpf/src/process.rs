@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{add, counters, is_monitored, offset, RUNQ_START},
+    maps::{add, counters, offset, RUNQ_START},
     task,
 };
 
@@ -23,10 +23,8 @@ fn forget_runq_start(p: u64) {
 #[inline(always)]
 fn count(field: impl FnOnce(*mut apptheus_common::CgroupCounters) -> *mut u64) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if is_monitored(cgroup_id) {
-        if let Some(c) = counters(cgroup_id) {
-            add(field(c), 1);
-        }
+    if let Some(c) = counters(cgroup_id) {
+        add(field(c), 1);
     }
 }
 

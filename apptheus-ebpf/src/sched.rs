@@ -12,7 +12,7 @@ use apptheus_common::{runq_slot, CgroupCounters, RunqStart, RUNQ_SLOTS};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    maps::{add, counters, is_monitored, offset, task_filter, RUNQ_START},
+    maps::{add, counters, offset, task_filter, RUNQ_START},
     task,
 };
 
@@ -29,18 +29,22 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // The clock is read only where needed: most switches are of unwatched tasks.
     let mut now = 0;
 
-    if let Some(cgroup_id) = task::watchable_cgroup_id(prev, &filter) {
-        if is_monitored(cgroup_id) {
+    // prev's cgroup and counters, kept for `next`: a switch between two tasks of one container
+    // (threads or ranks of one job sharing a CPU) then costs one map lookup, not two.
+    let mut prev_counters: Option<(u64, *mut CgroupCounters)> = None;
+    let prev_set = task::css_set(prev);
+    let prev_id = prev_set.and_then(|cset| task::watchable_cgroup_id_of_set(cset, &filter));
+    if let Some(cgroup_id) = prev_id {
+        if let Some(c) = counters(cgroup_id) {
+            prev_counters = Some((cgroup_id, c));
             // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted
             // and not TASK_RUNNING); a preempted or yielding task stays runnable.
             let voluntary = preempt == 0 && prev_state != 0;
-            if let Some(c) = counters(cgroup_id) {
-                unsafe {
-                    if voluntary {
-                        add(&raw mut (*c).voluntary_switches, 1);
-                    } else {
-                        add(&raw mut (*c).involuntary_switches, 1);
-                    }
+            unsafe {
+                if voluntary {
+                    add(&raw mut (*c).voluntary_switches, 1);
+                } else {
+                    add(&raw mut (*c).involuntary_switches, 1);
                 }
             }
             if !voluntary && !from_sched_info {
@@ -58,14 +62,23 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // `next` leaves the run queue. Only tasks that pass the filter can have been stamped in
     // RUNQ_START (a task moved out of the watched tree meanwhile loses that one sample; its
     // entry goes at exit or by LRU).
-    let Some(cgroup_id) = task::watchable_cgroup_id(next, &filter) else {
+    // Tasks with the same css_set have the same cgroup: the filter's loads are not repeated.
+    let next_set = task::css_set(next);
+    let next_id = if next_set.is_some() && next_set == prev_set {
+        prev_id
+    } else {
+        next_set.and_then(|cset| task::watchable_cgroup_id_of_set(cset, &filter))
+    };
+    let Some(cgroup_id) = next_id else {
         return 0;
     };
     if from_sched_info {
-        if is_monitored(cgroup_id) {
-            if let (Some(c), Some(waited)) = (counters(cgroup_id), task::runq_wait(next)) {
-                record_wait(c, waited);
-            }
+        let c = match prev_counters {
+            Some((prev_id, c)) if prev_id == cgroup_id => Some(c),
+            _ => counters(cgroup_id),
+        };
+        if let (Some(c), Some(waited)) = (c, task::runq_wait(next)) {
+            record_wait(c, waited);
         }
     } else if let Some(start) = RUNQ_START.get_ptr(next as u64) {
         // Closed whichever cgroup the wait was counted for.
@@ -110,7 +123,7 @@ fn runq_enter(p: *const u8) {
     let Some(cgroup_id) = task::watchable_cgroup_id(p, &task_filter()) else {
         return;
     };
-    if is_monitored(cgroup_id) {
+    if counters(cgroup_id).is_some() {
         let start = RunqStart {
             ts_ns: unsafe { bpf_ktime_get_ns() },
             cgroup_id,

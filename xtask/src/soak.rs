@@ -231,7 +231,8 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(&line[start..end])
 }
 
-/// Entries in the agent's MONITORED and COUNTERS maps: the map ids come from the agent's own
+/// Entries in the agent's per-container eBPF maps (COUNTERS; MONITORED too for agents built
+/// before it went): the map ids come from the agent's own
 /// descriptors (/proc/<pid>/fdinfo `map_id:`), the names and entries from bpftool.
 fn ebpf_map_entries(pid: u32) -> Result<Vec<(String, usize)>> {
     let mut ids = Vec::new();
@@ -253,7 +254,7 @@ fn ebpf_map_entries(pid: u32) -> Result<Vec<(String, usize)>> {
         }
     }
     if found.is_empty() {
-        bail!("the agent (pid {pid}) holds no MONITORED/COUNTERS map: eBPF not loaded?");
+        bail!("the agent (pid {pid}) holds no COUNTERS map: eBPF not loaded?");
     }
     found.sort();
     Ok(found)

@@ -7,7 +7,7 @@
 //! program, and reported by [`Ebpf::up`] and [`Ebpf::programs`].
 //!
 //! A container is counted once [`Ebpf::watch`] puts its cgroup id (the inode of its cgroup v2
-//! directory, see [`cgroup_id`]) into the `MONITORED` map. Only tasks and sockets in that exact
+//! directory, see [`cgroup_id`]) into the `COUNTERS` map. Only tasks and sockets in that exact
 //! cgroup count, not in cgroups below it. Before that lookup the programs dismiss, with a few
 //! loads, every task whose cgroup has another parent or level than the watched ones (the
 //! `TASK_FILTER` map, which `watch` widens as needed; see [`TaskFilter`]): `sched_switch` runs
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use apptheus_common::{CgroupCounters, TaskFilter, RUNQ_SLOTS};
 use aya::{
-    maps::{HashMap as BpfHashMap, PerCpuHashMap, PerCpuValues},
+    maps::{PerCpuHashMap, PerCpuValues},
     programs::{cgroup_skb::CgroupSkbLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 
@@ -49,7 +49,7 @@ pub const RUNQ_LATENCY_SLOTS: usize = RUNQ_SLOTS;
 pub struct EbpfOptions {
     /// `--ebpf.disable`: load nothing.
     pub disable: bool,
-    /// `--ebpf.max-containers`: entries of the per-container maps (`MONITORED`, `COUNTERS`).
+    /// `--ebpf.max-containers`: entries of the per-container map (`COUNTERS`).
     pub max_containers: u32,
 }
 
@@ -227,7 +227,7 @@ impl Ebpf {
         self.attached.clone()
     }
 
-    /// Starts counting the cgroup: adds it to `MONITORED` with zeroed counters and attaches the
+    /// Starts counting the cgroup: gives it zeroed `COUNTERS` and attaches the
     /// cgroup_skb programs to its cgroup v2 directory. On error nothing of it stays watched.
     /// Watching an already watched cgroup changes nothing.
     pub fn watch(&mut self, cgroup_id: u64, unified_cgroup_dir: &Path) -> Result<()> {
@@ -246,7 +246,7 @@ impl Ebpf {
         result
     }
 
-    /// Stops counting the cgroup: removes it from `MONITORED`, deletes its counters and detaches
+    /// Stops counting the cgroup: deletes its `COUNTERS` entry and detaches
     /// its cgroup_skb links.
     pub fn unwatch(&mut self, cgroup_id: u64) {
         if let Some(loaded) = self.loaded.as_mut() {
@@ -334,7 +334,7 @@ impl Ebpf {
         self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress")
     }
 
-    /// Containers counted now (in `MONITORED`).
+    /// Containers counted now (with a `COUNTERS` entry).
     pub fn watched(&self) -> usize {
         self.loaded.as_ref().map_or(0, |l| l.skb_links.len())
     }
@@ -357,14 +357,10 @@ impl Loaded {
         let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); nr_cpus])?;
         let mut counters: PerCpuHashMap<_, u64, CgroupCounters> =
             PerCpuHashMap::try_from(self.map_mut("COUNTERS")?)?;
+        // The entry is what makes the programs count the cgroup.
         counters
             .insert(cgroup_id, zero, 0)
             .context("adding to COUNTERS")?;
-        let mut monitored: BpfHashMap<_, u64, u8> =
-            BpfHashMap::try_from(self.map_mut("MONITORED")?)?;
-        monitored
-            .insert(cgroup_id, 1, 0)
-            .context("adding to MONITORED")?;
 
         let links = if skb_ready { self.skb_links_for(dir)? } else { Vec::new() };
         self.skb_links.insert(cgroup_id, links);
@@ -413,12 +409,7 @@ impl Loaded {
     }
 
     fn unwatch(&mut self, cgroup_id: u64) {
-        // Stop counting first, then drop the counters: the programs skip cgroups without them.
-        if let Ok(map) = self.map_mut("MONITORED") {
-            if let Ok(mut monitored) = BpfHashMap::<_, u64, u8>::try_from(map) {
-                let _ = monitored.remove(&cgroup_id);
-            }
-        }
+        // Without its entry the programs skip the cgroup.
         if let Ok(map) = self.map_mut("COUNTERS") {
             if let Ok(mut counters) = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map) {
                 let _ = counters.remove(&cgroup_id);

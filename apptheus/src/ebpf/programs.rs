@@ -125,7 +125,7 @@ pub struct Fallbacks {
 
 /// Creates the maps and parses the object; programs are loaded separately so that one
 /// rejected program does not take the others down.
-/// `MONITORED` and `COUNTERS` are sized for `max_containers`.
+/// `COUNTERS` is sized for `max_containers`.
 pub fn load_object(object: &[u8], max_containers: u32, fallbacks: Fallbacks) -> Result<(Ebpf, Kernel)> {
     let (btf, offsets) = match std::fs::read(btf::VMLINUX) {
         Ok(raw) => (
@@ -154,7 +154,6 @@ pub fn load_object(object: &[u8], max_containers: u32, fallbacks: Fallbacks) -> 
     loader
         .btf(kernel.btf.as_ref())
         .override_global("OFFSETS", &global, true)
-        .map_max_entries("MONITORED", max_containers)
         .map_max_entries("COUNTERS", max_containers);
     if kernel.runq_from_sched_info() {
         // Not used: one entry instead of ~1.5 MiB (LRU maps are preallocated).

@@ -255,6 +255,10 @@ pub struct EbpfResult {
     pub programs_monitored: ProgramRuns,
     pub attached_monitored: Vec<PipeRun>,
     pub detached_monitored: Vec<PipeRun>,
+    /// Detached rounds again with only an empty program on `sched_switch`: what any program
+    /// there costs the pipe benchmark (the hook's dispatch), host tasks and monitored ones.
+    pub empty_attached: Vec<PipeRun>,
+    pub empty_attached_monitored: Vec<PipeRun>,
     /// The same from a spawn storm ([`spawn_storm`]): the fork, exec and exit programs' figures.
     pub spawn_programs: ProgramRuns,
     pub spawn_programs_monitored: ProgramRuns,
@@ -296,6 +300,8 @@ pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResu
         programs_monitored: BTreeMap::new(),
         attached_monitored: Vec::new(),
         detached_monitored: Vec::new(),
+        empty_attached: Vec::new(),
+        empty_attached_monitored: Vec::new(),
         spawn_programs: BTreeMap::new(),
         spawn_programs_monitored: BTreeMap::new(),
         empty_ns: Vec::new(),
@@ -341,6 +347,11 @@ pub fn run(bin: &Path, tmp: &Path, rounds: usize, loops: u64) -> Result<EbpfResu
                 } else {
                     res.detached.push(timed_pipe(&perf, Tasks::Host, &bpftool, None, &stats, loops, waited)?);
                     res.detached_monitored.push(timed_pipe(&perf, monitored, &bpftool, None, &stats, loops, waited)?);
+                    let empty = load_empty_sched_switch()?;
+                    let me = Some(std::process::id());
+                    res.empty_attached.push(timed_pipe(&perf, Tasks::Host, &bpftool, me, &stats, loops, waited)?);
+                    res.empty_attached_monitored.push(timed_pipe(&perf, monitored, &bpftool, me, &stats, loops, waited)?);
+                    drop(empty);
                 }
                 Ok(())
             })?;
