@@ -24,6 +24,7 @@ use crate::support::owned_dir::OwnedDir;
 use rustix::fs::{FileType, Mode};
 use trust::{Refusal, TrustedSet};
 
+pub mod limits;
 pub mod trust;
 
 
