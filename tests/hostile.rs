@@ -50,7 +50,7 @@ fn a_reused_pid_is_not_placed() {
     agent.started.push(imposter.id());
     thaw(agent.pid());
     wait_for(Duration::from_secs(5), "refusal counted", || {
-        (agent.scrape().one("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
+        (agent.scrape().sum("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
     });
     assert!(agent.live_container_dirs().is_empty(), "the pid's new owner was placed");
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -95,7 +95,7 @@ fn a_caller_that_forks_and_exits_at_once_is_never_half_placed() {
     }
     let m = agent.scrape();
     let accepted = m.one("apptheus_connections_total", &[("result", "accepted")]).unwrap();
-    let refused = m.one("apptheus_connections_total", &[("result", "refused")]).unwrap();
+    let refused = m.sum("apptheus_connections_total", &[("result", "refused")]).unwrap();
     let failed = m.one("apptheus_connections_total", &[("result", "failed")]).unwrap();
     assert_eq!(accepted + refused + failed, 30.0);
     assert_eq!(failed, 0.0, "{}", agent.log_text());
@@ -161,7 +161,8 @@ print(closed, flush=True)
     assert_eq!(line.trim(), "10000", "connections refused and closed");
     hog.wait().unwrap();
     let m = agent.scrape();
-    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused")]), Some(10000.0));
+    assert_eq!(m.sum("apptheus_connections_total", &[("result", "refused")]), Some(10000.0));
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused"), ("reason", "untrusted")]), Some(10000.0));
     assert_eq!(m.one("apptheus_connections_total", &[("result", "accepted")]), Some(1.0));
     let rss = m.one("process_resident_memory_bytes", &[]).unwrap();
     assert!(rss < 64.0 * 1024.0 * 1024.0, "agent RSS {rss}");
