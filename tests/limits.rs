@@ -233,7 +233,7 @@ fn the_oldest_ended_containers_are_dropped_beyond_the_retained_bound() {
         ..Default::default()
     });
     // A running container is never dropped for the bound.
-    let long = agent.exec(&["sleep", "60"]);
+    let mut long = agent.exec(&["sleep", "60"]);
     let long_id = id_of(&long);
     wait_live(&agent, 1.0, "the running container");
     let mut ended = Vec::new();
@@ -253,6 +253,8 @@ fn the_oldest_ended_containers_are_dropped_beyond_the_retained_bound() {
     assert!(!names.contains(&ended[0]) && !names.contains(&ended[1]), "the oldest two are dropped: {names:?}");
     assert_eq!(m.one("apptheus_retained_containers_dropped_total", &[]), Some(2.0));
     assert_eq!(m.one("apptheus_containers", &[]), Some(1.0));
+    long.kill().unwrap();
+    long.wait().unwrap();
 }
 
 /// Containers re-adopted after a restart hold their slots: the user is still at the cap.
