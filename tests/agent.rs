@@ -100,7 +100,7 @@ fn launcher_exit_status_is_passed_through() {
 
 fn assert_refused(agent: &Agent, refused_before: f64) {
     let m = agent.scrape();
-    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused")]), Some(refused_before + 1.0));
+    assert_eq!(m.sum("apptheus_connections_total", &[("result", "refused")]), Some(refused_before + 1.0));
     assert_eq!(m.one("apptheus_connections_total", &[("result", "accepted")]), Some(0.0));
     assert!(agent.live_container_dirs().is_empty(), "a cgroup was created: {:?}", agent.live_container_dirs());
 }
@@ -118,6 +118,7 @@ fn a_copy_of_the_trusted_binary_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused") && err.contains("not a trusted launcher"), "{err}");
     assert_refused(&agent, 0.0);
+    assert_eq!(agent.scrape().one("apptheus_connections_total", &[("result", "refused"), ("reason", "untrusted")]), Some(1.0));
 }
 
 #[test]
@@ -150,9 +151,10 @@ fn a_caller_that_exits_before_the_check_is_refused() {
     launcher.wait().unwrap();
     thaw(agent.pid());
     wait_for(Duration::from_secs(5), "refusal counted", || {
-        (agent.scrape().one("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
+        (agent.scrape().sum("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
     });
     assert_refused(&agent, 0.0);
+    assert_eq!(agent.scrape().one("apptheus_connections_total", &[("result", "refused"), ("reason", "gone")]), Some(1.0));
 }
 
 #[test]

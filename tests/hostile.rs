@@ -50,7 +50,7 @@ fn a_reused_pid_is_not_placed() {
     agent.started.push(imposter.id());
     thaw(agent.pid());
     wait_for(Duration::from_secs(5), "refusal counted", || {
-        (agent.scrape().one("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
+        (agent.scrape().sum("apptheus_connections_total", &[("result", "refused")]) == Some(1.0)).then_some(())
     });
     assert!(agent.live_container_dirs().is_empty(), "the pid's new owner was placed");
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -95,7 +95,7 @@ fn a_caller_that_forks_and_exits_at_once_is_never_half_placed() {
     }
     let m = agent.scrape();
     let accepted = m.one("apptheus_connections_total", &[("result", "accepted")]).unwrap();
-    let refused = m.one("apptheus_connections_total", &[("result", "refused")]).unwrap();
+    let refused = m.sum("apptheus_connections_total", &[("result", "refused")]).unwrap();
     let failed = m.one("apptheus_connections_total", &[("result", "failed")]).unwrap();
     assert_eq!(accepted + refused + failed, 30.0);
     assert_eq!(failed, 0.0, "{}", agent.log_text());
@@ -161,10 +161,99 @@ print(closed, flush=True)
     assert_eq!(line.trim(), "10000", "connections refused and closed");
     hog.wait().unwrap();
     let m = agent.scrape();
-    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused")]), Some(10000.0));
+    assert_eq!(m.sum("apptheus_connections_total", &[("result", "refused")]), Some(10000.0));
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused"), ("reason", "untrusted")]), Some(10000.0));
     assert_eq!(m.one("apptheus_connections_total", &[("result", "accepted")]), Some(1.0));
     let rss = m.one("process_resident_memory_bytes", &[]).unwrap();
     assert!(rss < 64.0 * 1024.0 * 1024.0, "agent RSS {rss}");
+}
+
+/// Descriptors a running container may hold in the agent: its launcher's connection, two
+/// cgroup_skb links when eBPF attaches per container, and its kept cgroup files: 21 on a hybrid
+/// v1+v2 host, the most of any layout (README, "Limits").
+const FDS_PER_CONTAINER: usize = 1 + 2 + 21;
+
+/// An unprivileged user floods the agent at the default caps (1.2 times its cap, as fast as it
+/// can): exactly the cap is placed and the rest refused, holding nothing; the agent's
+/// descriptors, memory and scrape stay within what the cap allows; and a trusted launch by
+/// another user is still answered at once.
+#[test]
+fn a_user_flood_at_the_default_caps_stays_bounded() {
+    let test = "a_user_flood_at_the_default_caps_stays_bounded";
+    if !privileged(test) || tool("setpriv", test).is_none() {
+        return;
+    }
+    let mut agent = Agent::start();
+    agent.open_to_all_users();
+    let m = agent.scrape();
+    let cap = m.one("apptheus_containers_per_user_max", &[]).unwrap() as usize;
+    let node_cap = m.one("apptheus_containers_max", &[]).unwrap() as usize;
+    assert!(cap > 0 && node_cap > cap + 2, "the defaults: {cap} per user, {node_cap} in all");
+    let pid = agent.pid();
+    let (fds_idle, sockets_idle, rss_idle, bytes_idle) = (fd_count(pid), socket_count(pid), rss_bytes(pid), agent.scrape_text().len());
+
+    // What a container adds to a scrape, once sampled (the flood runs the same command): the
+    // second one's share, the first's also brings every family's HELP and TYPE.
+    let cmd = ["sleep", "300"];
+    let mut sized = Vec::new();
+    for _ in 0..2 {
+        let mut launcher = agent.exec_as(65533, &cmd);
+        let id = answer(&mut launcher).expect("another user's container");
+        wait_for(Duration::from_secs(10), "the first sample", || {
+            agent.scrape().one("container_memory_usage_bytes", &[("name", &id)]).map(|_| ())
+        });
+        sized.push(agent.scrape_text().len());
+    }
+    let per_container = sized[1] - sized[0];
+
+    let n = cap + cap / 5;
+    let start = Instant::now();
+    let mut flood: Vec<std::process::Child> = (0..n).map(|_| agent.exec_as(65534, &cmd)).collect();
+    let spawned = start.elapsed();
+    let connections = |agent: &Agent| agent.scrape().sum("apptheus_connections_total", &[]).unwrap_or(0.0) as usize;
+    wait_for(Duration::from_secs(120), "every launcher answered", || (connections(&agent) == n + 2).then_some(()));
+    let answered = start.elapsed();
+    let m = agent.scrape();
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "accepted")]), Some((cap + 2) as f64));
+    assert_eq!(m.one("apptheus_connections_total", &[("result", "refused"), ("reason", "per_user_limit")]), Some((n - cap) as f64));
+    assert_eq!(m.one("apptheus_containers", &[]), Some((cap + 2) as f64));
+    // The refused launchers exit 125, naming the cap; the placed ones run.
+    let mut refused = 0;
+    for child in &mut flood {
+        if let Err(reason) = answer(child) {
+            assert!(reason.contains("--limits.containers-per-user"), "{reason}");
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, n - cap);
+    let names: std::collections::BTreeSet<_> = agent.live_container_dirs().iter().filter_map(|d| d.file_name().map(|n| n.to_owned())).collect();
+    assert_eq!(names.len(), cap + 2, "the refused got no cgroup");
+
+    // Another user is still placed promptly.
+    let asked = Instant::now();
+    let mut other = agent.exec_as(65532, &cmd);
+    assert!(answer(&mut other).is_ok(), "another user refused");
+    let ack = asked.elapsed();
+    assert!(ack < Duration::from_secs(5), "another user's launch took {ack:?}");
+
+    // Bounded by the cap, whatever the flood: the refused hold no descriptor, and the placed
+    // no more than a container may.
+    let placed = cap + 3;
+    let (fds, sockets, rss, bytes) = (fd_count(pid), socket_count(pid), rss_bytes(pid), agent.scrape_text().len());
+    eprintln!(
+        "flood of {n} as nobody: spawned in {spawned:?}, answered in {answered:?}, another user's ack in {ack:?}; \
+         agent fds {fds_idle} -> {fds}, sockets {sockets_idle} -> {sockets}, RSS {} -> {} MiB, scrape {bytes_idle} -> {bytes} bytes ({per_container} per container)",
+        rss_idle >> 20,
+        rss >> 20
+    );
+    assert!(sockets <= sockets_idle + placed + 8, "{sockets} sockets (idle {sockets_idle}) for {placed} containers");
+    assert!(fds <= fds_idle + placed * FDS_PER_CONTAINER + 64, "{fds} fds (idle {fds_idle}) for {placed} containers");
+    // About 20 KiB per container (its store entry and kept files), and the placement threads
+    // the burst started (at most 512, of which a few stack pages each are touched).
+    assert!(rss <= rss_idle + 32 * 1024 * 1024, "RSS {rss} (idle {rss_idle})");
+    // The refused add no series: at most the placed containers' (10 % for label lengths).
+    let most = sized[0] + (placed - 1) * per_container * 110 / 100;
+    assert!(bytes <= most, "scrape of {bytes} bytes for {placed} containers of {per_container} (at most {most})");
 }
 
 #[test]

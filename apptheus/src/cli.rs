@@ -104,6 +104,24 @@ pub struct AgentArgs {
     #[arg(long = "metrics.retention", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub metrics_retention: Duration,
 
+    /// Containers one user may run at once; a launch beyond it is refused. 0 = no limit. Root's
+    /// launches (uid 0) obey it only with --limits.root-per-user.
+    #[arg(long = "limits.containers-per-user", value_name = "N", default_value_t = 512)]
+    pub limits_containers_per_user: usize,
+
+    /// Containers all users together may run at once; a launch beyond it is refused. 0 = no limit.
+    #[arg(long = "limits.containers", value_name = "N", default_value_t = 4096)]
+    pub limits_containers: usize,
+
+    /// Hold root's launches (uid 0) to --limits.containers-per-user too.
+    #[arg(long = "limits.root-per-user")]
+    pub limits_root_per_user: bool,
+
+    /// Ended containers kept for --metrics.retention at most; beyond it the oldest are dropped
+    /// first (counted in apptheus_retained_containers_dropped_total). 0 = no limit.
+    #[arg(long = "limits.retained-containers", value_name = "N", default_value_t = 1024)]
+    pub limits_retained_containers: usize,
+
     /// Launcher environment variables to add as labels (comma-separated, e.g. SLURM_JOB_ID,SLURM_JOB_USER).
     #[arg(long = "metrics.env-labels", value_name = "VARS", default_value = "", value_delimiter = ',')]
     pub metrics_env_labels: Vec<String>,
@@ -255,6 +273,20 @@ mod tests {
         assert_eq!(a.placement, Placement::Auto);
         assert!(a.metrics_legacy);
         assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn container_caps_have_defaults_and_zero_lifts_them() {
+        // README, "Limits": why these values.
+        let a = parse(&[]).unwrap().agent;
+        assert_eq!((a.limits_containers_per_user, a.limits_containers, a.limits_retained_containers), (512, 4096, 1024));
+        assert!(!a.limits_root_per_user);
+        let a = parse(&["--limits.containers-per-user=0", "--limits.containers=0", "--limits.retained-containers=0", "--limits.root-per-user"])
+            .unwrap()
+            .agent;
+        assert_eq!((a.limits_containers_per_user, a.limits_containers, a.limits_retained_containers), (0, 0, 0));
+        assert!(a.limits_root_per_user);
+        assert!(parse(&["--limits.containers=-1"]).is_err());
     }
 
     #[test]

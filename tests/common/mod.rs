@@ -211,6 +211,39 @@ impl Agent {
         child
     }
 
+    /// `apptheus exec -- cmd` as user `uid` (through `setpriv`; root: directly), telling on
+    /// stderr which container it got ([`answer`] reads it).
+    pub fn exec_as(&mut self, uid: u32, cmd: &[&str]) -> Child {
+        let mut c = if uid == 0 {
+            Command::new(BIN)
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), BIN.into()]);
+            c
+        };
+        let child = c
+            .arg("exec")
+            .arg(format!("--socket.path={}", self.socket.display()))
+            .arg("--")
+            .args(cmd)
+            .env("APPTHEUS_EXEC_VERBOSE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn launcher");
+        self.started.push(child.id());
+        child
+    }
+
+    /// Let every user reach the socket and look into the agent's directory (the harness's
+    /// directory is private).
+    pub fn open_to_all_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [self.dir.path(), self.socket.parent().unwrap()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
     /// The container's directory in every hierarchy the agent uses (existing or not).
     pub fn container_dirs(&self, id: &str) -> Vec<PathBuf> {
         self.parent_dirs().into_iter().map(|d| d.join(id)).collect()
@@ -415,6 +448,13 @@ impl Metrics {
         v.first().copied()
     }
 
+    /// The sum of `name` over the samples whose labels include all of `want` (None: no such
+    /// sample), as PromQL's `sum(name{want})`: e.g. refusals over every reason.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        let v = self.get(name, want);
+        (!v.is_empty()).then(|| v.iter().sum())
+    }
+
     /// Values of `label` over the samples of `name`.
     pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
         self.samples.iter().filter(|(n, _, _)| n == name).filter_map(|(_, l, _)| l.get(label).cloned()).collect()
@@ -508,6 +548,34 @@ pub fn freeze(pid: u32) {
 
 pub fn thaw(pid: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
+/// What the agent answered an [`Agent::exec_as`] launcher, from the first line it writes on
+/// stderr: Ok(container id), or Err(the reason) once the launcher has exited 125.
+pub fn answer(child: &mut Child) -> Result<String, String> {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stderr.as_mut().unwrap()), &mut line).unwrap();
+    if let Some(rest) = line.strip_prefix("apptheus exec: container ") {
+        return Ok(rest.split_whitespace().next().unwrap_or_default().to_string());
+    }
+    let reason = line.strip_prefix("apptheus exec: the agent refused: ").unwrap_or_else(|| panic!("unexpected answer: {line:?}"));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(125), "exit status of a refused launcher ({reason})");
+    Err(reason.trim().to_string())
+}
+
+/// Open sockets of a process.
+pub fn socket_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.flatten().filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))).count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of a process in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    kib * 1024
 }
 
 /// Number of open descriptors of a process.

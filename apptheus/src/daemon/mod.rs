@@ -15,6 +15,7 @@ use crate::cgroup::{self, Layout};
 use crate::cli::{split_trust_paths, AgentArgs};
 use crate::ebpf::{Counting, Ebpf, EbpfOptions};
 use crate::http::WebOptions;
+use crate::launcher::limits::{Admission, Caps};
 use crate::launcher::trust::TrustedSet;
 use crate::launcher::{Connections, Gate, Socket};
 use crate::placement::cgroup_labels::CgroupLabels;
@@ -34,7 +35,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let fds = raise_fd_limit();
     // Keep cgroup files open for sampling with what is left after a reserve for HTTP, eBPF and
     // the rest; each container takes what it needs for itself from the same budget.
-    cgroup::set_open_file_budget(fds.saturating_sub(4096));
+    cgroup::set_open_file_budget(fds.saturating_sub(FD_RESERVE));
     let trusted = TrustedSet::new(split_trust_paths(&args.trust_path))?;
     let cgroup_labels = CgroupLabels::new(&args.metrics_cgroup_labels)?;
     let layout = Arc::new(Layout::detect(&args.cgroup_parent)?);
@@ -50,7 +51,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tracing::warn!("--trust.path is empty: every launcher will be refused");
     }
 
-    let store = Arc::new(Store::new());
+    let store = Arc::new(Store::with_retained_max(args.limits_retained_containers));
     if let Some(file) = &persistence_file {
         for record in file.load_or_set_aside() {
             store.restore(record);
@@ -59,8 +60,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Containers an earlier agent left running are monitored again; the rest of the loaded
     // records ended while nobody watched, and are kept for the retention.
     let recovered = recovery::scan(&layout, &store);
-    let adopted: Vec<String> = recovered.adopted.iter().map(|(id, _)| id.clone()).collect();
+    let adopted: Vec<String> = recovered.adopted.iter().map(|a| a.id.clone()).collect();
     store.end_all_except(&adopted, SystemTime::now());
+    let trimmed = store.trim_retained().len();
+    // Running containers count against the caps, even beyond them: they were placed already.
+    let admission = Arc::new(Admission::new(Caps {
+        per_user: args.limits_containers_per_user,
+        total: args.limits_containers,
+        root_per_user: args.limits_root_per_user,
+    }));
+    for a in &recovered.adopted {
+        admission.adopt(a.uid, &a.id);
+    }
 
     let mut ebpf = Ebpf::load(&EbpfOptions { disable: args.ebpf_disable, max_containers: args.ebpf_max_containers });
     if let Some(unified) = layout.unified() {
@@ -70,9 +81,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let disabled = Disabled::new(&args.metrics_disable);
     let telemetry = Telemetry::new().context("registering metrics")?;
     telemetry.containers.set(store.live_count() as i64);
+    telemetry.retained_dropped.inc_by(trimmed as u64);
+    telemetry.set_container_caps(args.limits_containers, args.limits_containers_per_user);
     telemetry.set_ebpf_status(ebpf.up(), &ebpf.programs(), args.ebpf_max_containers);
     let ebpf_up = ebpf.up();
     let ebpf = Arc::new(Counting::new(ebpf, telemetry.ebpf_containers.clone(), telemetry.ebpf_watch_errors.clone()));
+    warn_if_caps_exceed_descriptors(args.limits_containers, 1 + ebpf.lock().descriptors_per_container(), fds);
     let scrape = Arc::new(Scrape {
         registry: telemetry.registry.clone(),
         exposition: Exposition::without(store.clone(), args.metrics_legacy, &disabled),
@@ -96,6 +110,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             duration: telemetry.sample_duration.clone(),
             errors: telemetry.sample_errors.clone(),
             containers: telemetry.containers.clone(),
+            retained_dropped: telemetry.retained_dropped.clone(),
+        },
+        on_end: {
+            let admission = admission.clone();
+            Box::new(move |id| admission.release(id))
         },
         shutdown: shutdown.clone(),
     };
@@ -107,7 +126,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             return Err(err);
         }
     };
-    for (id, cg) in recovered.adopted {
+    for recovery::Adopted { id, cg, .. } in recovered.adopted {
         let ebpf_id = cg.unified_dir().and_then(|dir| ebpf.watch(&id, dir));
         sampler_queue.watch(id, cg, ebpf_id);
     }
@@ -131,6 +150,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let http = tokio::spawn(crate::http::serve(web, scrape, shutdown.clone()));
     let gate = Arc::new(Gate {
         trusted,
+        admission,
         placer: Arc::new(Placer {
             layout: layout.clone(),
             mode: args.placement,
@@ -251,6 +271,27 @@ async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
+
+/// Containers hold `per_container` descriptors each for their life (the launcher's connection,
+/// eBPF links) out of what the open-file limit `fds` leaves after the reserve: warn at start when
+/// `--limits.containers` of them would not fit (README, "Limits").
+fn warn_if_caps_exceed_descriptors(total: usize, per_container: usize, fds: usize) {
+    let budget = fds.saturating_sub(FD_RESERVE);
+    if total == 0 || total.saturating_mul(per_container) > budget {
+        let cap = if total == 0 { "no limit".to_string() } else { total.to_string() };
+        tracing::warn!(
+            limits_containers = %cap,
+            descriptors_per_container = per_container,
+            open_file_limit = fds,
+            fit = budget / per_container.max(1),
+            "--limits.containers allows more containers than the open-file limit holds: raise LimitNOFILE or lower the cap"
+        );
+    }
+}
+
+/// Descriptors kept for HTTP, eBPF and the rest; containers and their kept cgroup files share
+/// what the open-file limit leaves.
+const FD_RESERVE: usize = 4096;
 
 /// Each container holds its launcher's connection open, so allow as many descriptors as the
 /// hard limit permits (systemd's default soft limit of 1024 would cap containers near that).

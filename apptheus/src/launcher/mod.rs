@@ -1,6 +1,6 @@
-//! The launcher socket: accept, verify the caller ([`trust`]), have it placed
-//! ([`crate::placement`]), hand the new cgroup to the sampler, answer with one JSON line, and
-//! hold the connection for the container's life.
+//! The launcher socket: accept, verify the caller ([`trust`]), admit it within the container
+//! caps ([`limits`]), have it placed ([`crate::placement`]), hand the new cgroup to the sampler,
+//! answer with one JSON line, and hold the connection for the container's life.
 //!
 //! Apptainer's starter connects, sends nothing and never reads; the answer is for launchers
 //! that do read (`apptheus exec`). Monitoring ends when the cgroup empties, not when the
@@ -21,42 +21,58 @@ use tokio_util::sync::CancellationToken;
 use crate::placement::{Caller, PlaceError, Placed, Placer};
 use crate::sampler::SamplerQueue;
 use crate::support::owned_dir::OwnedDir;
+use limits::Admission;
 use rustix::fs::{FileType, Mode};
 use trust::{Refusal, TrustedSet};
 
+pub mod limits;
 pub mod trust;
 
-
-
-/// What serving launchers needs: whom to trust, placement, the sampler's queue, the
-/// connection counter and the shutdown signal.
+/// What serving launchers needs: whom to trust, the container caps, placement, the sampler's
+/// queue, the connection counter and the shutdown signal.
 pub struct Gate {
     pub trusted: TrustedSet,
+    pub admission: Arc<Admission>,
     pub placer: Arc<Placer>,
     pub sampler: SamplerQueue,
     pub connections: Connections,
     pub shutdown: CancellationToken,
 }
 
-/// `apptheus_connections_total{result}`, each result exported from the start at 0.
+/// `apptheus_connections_total{result,reason}`, every series exported from the start at 0. The
+/// reason is set on refusals only, from a fixed set ([`Connections::REFUSAL_REASONS`]).
 pub struct Connections(IntCounterVec);
 
 impl Connections {
     const ACCEPTED: &str = "accepted";
     const REFUSED: &str = "refused";
     const FAILED: &str = "failed";
+    /// Every `reason` of a refusal: [`Refusal::label`], [`limits::Limit::label`], and a caller
+    /// whose cgroup cannot take the container.
+    pub const REFUSAL_REASONS: [&str; 6] =
+        ["untrusted", "unverifiable", trust::REASON_GONE, REASON_UNPLACEABLE, "per_user_limit", "global_limit"];
 
     pub fn new(counter: IntCounterVec) -> Connections {
-        for result in [Self::ACCEPTED, Self::REFUSED, Self::FAILED] {
-            counter.with_label_values(&[result]);
+        for result in [Self::ACCEPTED, Self::FAILED] {
+            counter.with_label_values(&[result, ""]);
+        }
+        for reason in Self::REFUSAL_REASONS {
+            counter.with_label_values(&[Self::REFUSED, reason]);
         }
         Connections(counter)
     }
 
     fn count(&self, result: &str) {
-        self.0.with_label_values(&[result]).inc();
+        self.0.with_label_values(&[result, ""]).inc();
+    }
+
+    fn count_refused(&self, reason: &'static str) {
+        self.0.with_label_values(&[Self::REFUSED, reason]).inc();
     }
 }
+
+/// The reason label of a caller whose cgroup cannot take the container.
+const REASON_UNPLACEABLE: &str = "unplaceable";
 
 /// The one line the agent writes back to a launcher.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -153,22 +169,37 @@ fn bind_open_to_all(dir: &OwnedDir, name: &OsStr) -> std::io::Result<(std::os::u
 async fn handle(gate: Arc<Gate>, mut stream: UnixStream) {
     let peer = match trust::verify(&stream, &gate.trusted) {
         Ok(peer) => peer,
-        Err(refusal) => return refuse(&gate, &mut stream, refusal.to_string()).await,
+        Err(refusal) => return refuse(&gate, &mut stream, refusal.label(), refusal.to_string()).await,
+    };
+    let id = peer.container_id();
+    // Taken before placement, so that a refused launcher costs no cgroup and no blocking thread.
+    let slot = match gate.admission.admit(peer.uid, &id) {
+        Ok(slot) => slot,
+        Err(limit) => return refuse(&gate, &mut stream, limit.label(), limit.to_string()).await,
     };
     let placer = gate.placer.clone();
     let placed = tokio::task::spawn_blocking(move || {
-        let caller = Caller { pid: peer.pid, uid: peer.uid, exe: peer.exe.clone(), id: peer.container_id() };
-        match placer.place(&caller) {
+        let caller = Caller { pid: peer.pid, uid: peer.uid, exe: peer.exe.clone(), id };
+        let placed = match placer.place(&caller) {
             // Whatever failed, a caller that died meanwhile is "gone", not an agent fault.
             Err(PlaceError::Failed(_)) if !peer.is_alive() => Err(PlaceError::Gone(peer.pid)),
             other => other,
+        };
+        // The slot goes with a new container; otherwise (a failure, or the launcher connecting
+        // again and getting its container) it is given back here.
+        if matches!(placed, Ok(Placed { cgroup: Some(_), .. })) {
+            slot.keep();
         }
+        placed
     })
     .await;
     let Placed { info, cgroup: cg } = match placed {
         Ok(Ok(p)) => p,
-        Ok(Err(PlaceError::Gone(pid))) => return refuse(&gate, &mut stream, Refusal::Gone(pid).to_string()).await,
-        Ok(Err(PlaceError::Unplaceable(reason))) => return refuse(&gate, &mut stream, reason).await,
+        Ok(Err(PlaceError::Gone(pid))) => {
+            let refusal = Refusal::Gone(pid);
+            return refuse(&gate, &mut stream, refusal.label(), refusal.to_string()).await;
+        }
+        Ok(Err(PlaceError::Unplaceable(reason))) => return refuse(&gate, &mut stream, REASON_UNPLACEABLE, reason).await,
         Ok(Err(PlaceError::Failed(err))) => {
             gate.connections.count(Connections::FAILED);
             tracing::error!(err = %format!("{err:#}"), "placing launcher failed");
@@ -190,9 +221,9 @@ async fn handle(gate: Arc<Gate>, mut stream: UnixStream) {
     hold(&gate.shutdown, stream, &info.id).await;
 }
 
-/// Count, log and answer a refusal.
-async fn refuse(gate: &Gate, stream: &mut UnixStream, reason: String) {
-    gate.connections.count(Connections::REFUSED);
+/// Count (under its reason `label`), log and answer a refusal.
+async fn refuse(gate: &Gate, stream: &mut UnixStream, label: &'static str, reason: String) {
+    gate.connections.count_refused(label);
     tracing::warn!(%reason, "launcher refused");
     reply(stream, &Ack::Refused { reason }).await;
 }
@@ -222,3 +253,34 @@ async fn reply(stream: &mut UnixStream, ack: &Ack) {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limits::Limit;
+
+    /// Every reason a refusal can be counted under is exported from the start (bounded
+    /// cardinality: a fixed set, never text from the caller).
+    #[test]
+    fn every_refusal_reason_is_in_the_fixed_set() {
+        let io = || std::io::Error::from(std::io::ErrorKind::Other);
+        let labels = [
+            Refusal::NoCredentials(io()).label(),
+            Refusal::Gone(1).label(),
+            Refusal::Deleted { pid: 1, exe: "x".into() }.label(),
+            Refusal::NotTrusted { pid: 1, exe: "x".into() }.label(),
+            Refusal::Io { pid: 1, err: io() }.label(),
+            Limit::PerUser { uid: 1, limit: 1 }.label(),
+            Limit::Total { limit: 1 }.label(),
+            REASON_UNPLACEABLE,
+        ];
+        for label in labels {
+            assert!(Connections::REFUSAL_REASONS.contains(&label), "{label} is not exported at 0");
+        }
+        let counter = IntCounterVec::new(prometheus::Opts::new("c", "c"), &["result", "reason"]).unwrap();
+        let connections = Connections::new(counter.clone());
+        connections.count_refused("global_limit");
+        assert_eq!(counter.with_label_values(&["refused", "global_limit"]).get(), 1);
+        assert_eq!(counter.with_label_values(&["accepted", ""]).get(), 0);
+    }
+}

@@ -91,6 +91,20 @@ pub enum Refusal {
     Io { pid: i32, err: io::Error },
 }
 
+impl Refusal {
+    /// The `reason` label of `apptheus_connections_total{result="refused"}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Gone(_) => REASON_GONE,
+            Refusal::Deleted { .. } | Refusal::NotTrusted { .. } => "untrusted",
+            Refusal::NoCredentials(_) | Refusal::Io { .. } => "unverifiable",
+        }
+    }
+}
+
+/// The reason label of a caller that exited before it was checked or placed.
+pub const REASON_GONE: &str = "gone";
+
 /// Check the process at the other end of `socket`.
 pub fn verify(socket: &impl AsFd, trusted: &TrustedSet) -> Result<Peer, Refusal> {
     let cred = rustix::net::sockopt::socket_peercred(socket.as_fd()).map_err(|e| Refusal::NoCredentials(e.into()))?;

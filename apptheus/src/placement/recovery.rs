@@ -15,10 +15,20 @@ use crate::store::{ContainerInfo, Store};
 /// What the scan found.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Containers to monitor again, with their cgroups.
-    pub adopted: Vec<(String, ContainerCgroup)>,
+    /// Containers to monitor again.
+    pub adopted: Vec<Adopted>,
     /// Empty leftovers that were removed.
     pub removed: Vec<String>,
+}
+
+/// A container found running, to monitor again.
+#[derive(Debug)]
+pub struct Adopted {
+    pub id: String,
+    pub cg: ContainerCgroup,
+    /// The real uid of its launcher when that still runs in it, else of one of its processes
+    /// (what the container caps count it under); None if they all exited meanwhile.
+    pub uid: Option<u32>,
 }
 
 pub fn scan(layout: &Layout, store: &Store) -> Recovered {
@@ -71,9 +81,11 @@ pub fn scan(layout: &Layout, store: &Store) -> Recovered {
             Some(entry) => (*entry.info).clone(),
             None => info_from_name(&name, &cg, pids[0]),
         };
+        let owner = if pids.contains(&info.pid) { info.pid } else { pids[0] };
+        let uid = procfs::process::Process::new(owner).and_then(|p| p.status()).ok().map(|s| s.ruid);
         store.restore_live(info);
         tracing::info!(container = %name, processes = pids.len(), "re-adopted a running container from an earlier run");
-        out.adopted.push((name, cg));
+        out.adopted.push(Adopted { id: name, cg, uid });
     }
     out
 }

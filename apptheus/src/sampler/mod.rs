@@ -1,6 +1,6 @@
 //! Sampling: one thread samples every container's cgroup at `--monitor.interval`, takes a final
 //! sample when it empties, then has the cgroup removed. The final sample stays exported for
-//! `--metrics.retention`.
+//! `--metrics.retention`, the oldest first dropped beyond `--limits.retained-containers`.
 //!
 //! One thread rather than a task per container: a slot's containers are sampled in one wake-up
 //! without a runtime poll, timer or task switch each, and the thread's kept cgroup files are
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use prometheus::{Histogram, IntCounterVec, IntGauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{self, CgroupFiles, Collector, ContainerCgroup, ContainerDescriptors, Timed};
@@ -36,6 +36,9 @@ pub struct Setup {
     /// `--metrics.retention`: zero drops an ended container's series at once.
     pub retention: Duration,
     pub metrics: Metrics,
+    /// Called with the id of every container whose monitoring ends (the launcher's admission
+    /// gives its slot back).
+    pub on_end: Box<dyn Fn(&str) + Send + Sync>,
     pub shutdown: CancellationToken,
 }
 
@@ -47,6 +50,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// `apptheus_containers`.
     pub containers: IntGauge,
+    /// `apptheus_retained_containers_dropped_total`.
+    pub retained_dropped: IntCounter,
 }
 
 /// The way in to the sampling thread.
@@ -204,9 +209,14 @@ impl Sampler {
         if setup.retention.is_zero() {
             setup.store.remove(&id);
         } else {
-            setup.store.finish(&id, SystemTime::now());
+            let dropped = setup.store.finish(&id, SystemTime::now());
+            if !dropped.is_empty() {
+                setup.metrics.retained_dropped.inc_by(dropped.len() as u64);
+                tracing::debug!(dropped = ?dropped, "--limits.retained-containers reached; the oldest ended containers dropped");
+            }
         }
         setup.metrics.containers.set(setup.store.live_count() as i64);
+        (setup.on_end)(&id);
         let counting = setup.ebpf.clone();
         self.runtime.spawn_blocking(move || {
             if let Some(cgid) = ebpf.id {

@@ -5,9 +5,13 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 
 pub struct Telemetry {
     pub registry: Registry,
-    /// `apptheus_connections_total{result="accepted|refused|failed"}`.
+    /// `apptheus_connections_total{result="accepted|refused|failed",reason}`.
     pub connections: IntCounterVec,
     pub containers: IntGauge,
+    /// Ended containers dropped before the retention passed (`--limits.retained-containers`).
+    pub retained_dropped: IntCounter,
+    containers_max: IntGauge,
+    containers_per_user_max: IntGauge,
     pub sample_duration: Histogram,
     /// `apptheus_sample_errors_total{source}`: a source (cpu, memory, ...) that could not be read.
     pub sample_errors: IntCounterVec,
@@ -32,10 +36,28 @@ impl Telemetry {
         )?;
         build_info.set(1);
         let connections = IntCounterVec::new(
-            Opts::new("apptheus_connections_total", "Launcher connections by result: accepted (placed), refused (not trusted or gone), failed (placement error)."),
-            &["result"],
+            Opts::new(
+                "apptheus_connections_total",
+                "Launcher connections by result: accepted (placed), refused, failed (placement error); reason of a refusal: untrusted, unverifiable, gone, unplaceable, per_user_limit, global_limit.",
+            ),
+            &["result", "reason"],
         )?;
         let containers = IntGauge::new("apptheus_containers", "Containers monitored now.")?;
+        let retained_dropped = IntCounter::new(
+            "apptheus_retained_containers_dropped_total",
+            "Ended containers whose final sample was dropped before --metrics.retention passed, the oldest first, because --limits.retained-containers were kept.",
+        )?;
+        let containers_max = IntGauge::new(
+            "apptheus_containers_max",
+            "Containers all users together may run at once (--limits.containers); 0 when there is no limit.",
+        )?;
+        let containers_per_user_max = IntGauge::new(
+            "apptheus_containers_per_user_max",
+            "Containers one user may run at once (--limits.containers-per-user); 0 when there is no limit.",
+        )?;
+        registry.register(Box::new(retained_dropped.clone()))?;
+        registry.register(Box::new(containers_max.clone()))?;
+        registry.register(Box::new(containers_per_user_max.clone()))?;
         let sample_duration = Histogram::with_opts(
             HistogramOpts::new("apptheus_sample_duration_seconds", "Time taken to sample one container's cgroup.")
                 .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
@@ -77,6 +99,9 @@ impl Telemetry {
             registry,
             connections,
             containers,
+            retained_dropped,
+            containers_max,
+            containers_per_user_max,
             sample_duration,
             sample_errors,
             persistence_errors,
@@ -86,6 +111,12 @@ impl Telemetry {
             ebpf_up,
             ebpf_attached,
         })
+    }
+
+    /// The container caps in force (0: no limit).
+    pub fn set_container_caps(&self, total: usize, per_user: usize) {
+        self.containers_max.set(i64::try_from(total).unwrap_or(i64::MAX));
+        self.containers_per_user_max.set(i64::try_from(per_user).unwrap_or(i64::MAX));
     }
 
     pub fn set_ebpf_status(&self, up: bool, programs: &[(&'static str, bool)], max_containers: u32) {

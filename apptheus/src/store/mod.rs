@@ -58,11 +58,19 @@ pub struct Record {
 #[derive(Debug, Default)]
 pub struct Store {
     containers: RwLock<BTreeMap<String, Entry>>,
+    /// Ended containers kept at most (`--limits.retained-containers`); 0: no bound.
+    retained_max: usize,
 }
 
 impl Store {
     pub fn new() -> Store {
         Store::default()
+    }
+
+    /// A store that keeps at most `retained_max` ended containers (0: no bound); beyond it the
+    /// oldest-ended are dropped first ([`Store::finish`], [`Store::trim_retained`]).
+    pub fn with_retained_max(retained_max: usize) -> Store {
+        Store { retained_max, ..Store::default() }
     }
 
     /// Register a newly placed container (no sample yet).
@@ -71,11 +79,26 @@ impl Store {
         self.write().insert(id, Entry { info: Arc::new(info), latest: None, cpu_percent: None, ended: None });
     }
 
-    /// Mark a container ended: its series stay, frozen, until `expire` drops them.
-    pub fn finish(&self, id: &str, at: SystemTime) {
-        if let Some(e) = self.write().get_mut(id) {
+    /// Mark a container ended: its series stay, frozen, until `expire` drops them, or until
+    /// more ended containers than the bound are kept. Returns the ids dropped for the bound
+    /// (oldest-ended first).
+    pub fn finish(&self, id: &str, at: SystemTime) -> Vec<String> {
+        let mut map = self.write();
+        if let Some(e) = map.get_mut(id) {
             e.ended = Some(at);
         }
+        trim(&mut map, self.retained_max)
+    }
+
+    /// Drop the oldest-ended containers beyond the bound (after a start that restored more
+    /// than it); returns their ids.
+    pub fn trim_retained(&self) -> Vec<String> {
+        trim(&mut self.write(), self.retained_max)
+    }
+
+    /// Ended containers kept now.
+    pub fn retained_count(&self) -> usize {
+        self.read().values().filter(|e| e.ended.is_some()).count()
     }
 
     /// Drop containers that ended more than `retention` ago; returns their ids.
@@ -194,6 +217,25 @@ impl Store {
     }
 }
 
+/// Remove the oldest-ended containers of `map` until at most `max` ended ones are left (0: no
+/// bound); ties go by id, so the choice does not depend on the map's order.
+fn trim(map: &mut BTreeMap<String, Entry>, max: usize) -> Vec<String> {
+    if max == 0 {
+        return Vec::new();
+    }
+    let mut ended: Vec<(SystemTime, &String)> = map.iter().filter_map(|(id, e)| Some((e.ended?, id))).collect();
+    if ended.len() <= max {
+        return Vec::new();
+    }
+    let excess = ended.len() - max;
+    ended.select_nth_unstable(excess - 1);
+    let gone: Vec<String> = ended[..excess].iter().map(|(_, id)| (*id).clone()).collect();
+    for id in &gone {
+        map.remove(id);
+    }
+    gone
+}
+
 fn cpu_percent(prev: &Timed, now: &Timed) -> Option<f64> {
     let used = now.sample.cpu.usage_ns?.checked_sub(prev.sample.cpu.usage_ns?)?;
     let wall = now.at.duration_since(prev.at).ok()?.as_nanos();
@@ -256,6 +298,39 @@ mod tests {
         assert!(s.expire(end + Duration::from_secs(299), Duration::from_secs(300)).is_empty());
         assert_eq!(s.expire(end + Duration::from_secs(300), Duration::from_secs(300)), vec!["a_1".to_string()]);
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn the_oldest_ended_are_dropped_beyond_the_bound() {
+        let s = Store::with_retained_max(2);
+        for (i, id) in ["a_1", "b_2", "c_3", "d_4", "e_5"].iter().enumerate() {
+            s.insert(info(id, i as i32 + 1));
+        }
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        // Not in id order: the end time decides.
+        assert!(s.finish("c_3", at(10)).is_empty());
+        assert!(s.finish("a_1", at(20)).is_empty());
+        assert_eq!(s.finish("d_4", at(30)), vec!["c_3".to_string()]);
+        assert_eq!(s.finish("b_2", at(40)), vec!["a_1".to_string()]);
+        assert_eq!(s.retained_count(), 2);
+        // The live one is never dropped, whatever the bound.
+        assert_eq!(s.live_count(), 1);
+        assert!(s.get("e_5").is_some() && s.get("d_4").is_some() && s.get("b_2").is_some());
+        // Restored from a file beyond the bound: trimmed at once, the oldest first.
+        let t = Store::with_retained_max(1);
+        for r in s.records() {
+            t.restore(r);
+        }
+        assert_eq!(t.trim_retained(), vec!["d_4".to_string()]);
+        assert_eq!(t.len(), 2);
+        // No bound: nothing dropped.
+        let u = Store::new();
+        for i in 0..100 {
+            let id = format!("x_{i}");
+            u.insert(info(&id, i));
+            assert!(u.finish(&id, at(i as u64)).is_empty());
+        }
+        assert_eq!(u.retained_count(), 100);
     }
 
     #[test]
