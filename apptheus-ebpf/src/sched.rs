@@ -30,13 +30,15 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let mut now = 0;
 
     // prev's cgroup and counters, kept for `next`: a switch between two tasks of one container
-    // (threads or ranks of one job sharing a CPU) then costs one map lookup, not two.
-    let mut prev_counters: Option<(u64, *mut CgroupCounters)> = None;
-    let prev_set = task::css_set(prev);
-    let prev_id = prev_set.and_then(|cset| task::watchable_cgroup_id_of_set(cset, &filter));
-    if let Some(cgroup_id) = prev_id {
+    // (threads or ranks of one job sharing a CPU) then costs one map lookup, not two. Plain
+    // values with 0 / null for "none", not Options: LLVM may copy or compare an Option's unset
+    // payload, an uninitialised register that older verifiers (6.1) reject.
+    let mut prev_cgroup_id: u64 = 0;
+    let mut prev_counters: *mut CgroupCounters = core::ptr::null_mut();
+    if let Some(cgroup_id) = task::watchable_cgroup_id(prev, &filter) {
         if let Some(c) = counters(cgroup_id) {
-            prev_counters = Some((cgroup_id, c));
+            prev_cgroup_id = cgroup_id;
+            prev_counters = c;
             // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted
             // and not TASK_RUNNING); a preempted or yielding task stays runnable.
             let voluntary = preempt == 0 && prev_state != 0;
@@ -62,20 +64,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // `next` leaves the run queue. Only tasks that pass the filter can have been stamped in
     // RUNQ_START (a task moved out of the watched tree meanwhile loses that one sample; its
     // entry goes at exit or by LRU).
-    // Tasks with the same css_set have the same cgroup: the filter's loads are not repeated.
-    let next_set = task::css_set(next);
-    let next_id = if next_set.is_some() && next_set == prev_set {
-        prev_id
-    } else {
-        next_set.and_then(|cset| task::watchable_cgroup_id_of_set(cset, &filter))
-    };
-    let Some(cgroup_id) = next_id else {
+    let Some(cgroup_id) = task::watchable_cgroup_id(next, &filter) else {
         return 0;
     };
     if from_sched_info {
-        let c = match prev_counters {
-            Some((prev_id, c)) if prev_id == cgroup_id => Some(c),
-            _ => counters(cgroup_id),
+        let c = if cgroup_id == prev_cgroup_id && !prev_counters.is_null() {
+            Some(prev_counters)
+        } else {
+            counters(cgroup_id)
         };
         if let (Some(c), Some(waited)) = (c, task::runq_wait(next)) {
             record_wait(c, waited);

@@ -18,17 +18,13 @@ unsafe fn read<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
     Some(unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) })
 }
 
-/// `task->cgroups`: the task's css_set, shared by every task with the same cgroups (all threads
-/// and children of one container's processes, until one of them moves).
-#[inline(always)]
-pub fn css_set(task: *const u8) -> Option<*const u8> {
-    unsafe { read(task, offset!(task_cgroups)) }
-}
-
 /// `task->cgroups->dfl_cgrp`: the task's cgroup v2.
 #[inline(always)]
 fn dfl_cgroup(task: *const u8) -> Option<*const u8> {
-    unsafe { read(css_set(task)?, offset!(css_set_dfl_cgrp)) }
+    unsafe {
+        let cset: *const u8 = read(task, offset!(task_cgroups))?;
+        read(cset, offset!(css_set_dfl_cgrp))
+    }
 }
 
 /// `cgrp->kn->id`: the cgroup's id, the inode of its directory.
@@ -53,13 +49,7 @@ pub fn cgroup_id(task: *const u8) -> Option<u64> {
 /// lookup. Without a filter (or without the offsets) this is [`cgroup_id`].
 #[inline(always)]
 pub fn watchable_cgroup_id(task: *const u8, filter: &TaskFilter) -> Option<u64> {
-    watchable_cgroup_id_of_set(css_set(task)?, filter)
-}
-
-/// [`watchable_cgroup_id`] from the task's css_set.
-#[inline(always)]
-pub fn watchable_cgroup_id_of_set(cset: *const u8, filter: &TaskFilter) -> Option<u64> {
-    let cgrp: *const u8 = unsafe { read(cset, offset!(css_set_dfl_cgrp))? };
+    let cgrp = dfl_cgroup(task)?;
     if offset!(has_task_filter) != 0 && filter.parent_id != 0 {
         unsafe {
             if filter.level != 0 && read::<u32>(cgrp, offset!(cgroup_level))? != filter.level {

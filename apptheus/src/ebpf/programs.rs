@@ -224,7 +224,8 @@ fn load_function(bpf: &mut Ebpf, kernel: &Kernel, program: &Program, function: &
     Ok(())
 }
 
-/// One line for the log; the verifier's full output goes to debug.
+/// One line for the log (the verifier's last line before its statistics); the verifier's full
+/// output goes to debug.
 fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
     match e {
         ProgramError::LoadError {
@@ -240,6 +241,7 @@ fn load_error(name: &str, e: ProgramError) -> anyhow::Error {
                     !l.trim().is_empty()
                         && !l.starts_with("processed ")
                         && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
                 })
                 .unwrap_or("")
                 .to_owned();
