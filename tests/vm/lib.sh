@@ -53,6 +53,9 @@ value() {
       s += $NF; c++ }
     END { if (c) printf "%.6f\n", s; else print "none" }' "$S/metrics"
 }
+# peak_at_least PORT SUBSTRING BYTES: scrape PORT; container_memory_max_usage_bytes of the
+# container matching SUBSTRING is at least BYTES
+peak_at_least() { scrape "$1" && ge "$(value container_memory_max_usage_bytes "$2")" "$3"; }
 # label METRIC LABEL SUBSTRING: value of LABEL on the first sample of METRIC containing SUBSTRING
 label() {
   awk -v m="$1" -v l="$2" -v f="$3" '
