@@ -2,19 +2,33 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use apptheus_common::{
-    CgroupCounters, KernelOffsets, RunqStart, TaskFilter, MAX_CGROUPS, MAX_QUEUED_TASKS,
+    fast_slot_home, CgroupCounters, KernelOffsets, RunqStart, SlotCounters, TaskFilter,
+    FAST_SLOT_PROBES, MAX_CGROUPS, MAX_FAST_SLOTS, MAX_QUEUED_TASKS,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuHashMap},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 
-/// cgroup id -> counters, one copy per CPU so hot paths never share a cache line across CPUs.
-/// A cgroup is watched exactly while it has an entry here: user space inserts the zeroed entry
+/// The first watched cgroups' counters, one copy per CPU, at an index user space chooses near
+/// the cgroup's [`fast_slot_home`]. An array lookup is inlined by the verifier; a hash lookup is
+/// a helper call, which costs most of a monitored `sched_switch` (issue 20). Preallocated:
+/// entries x CPUs x 352 bytes, so user space sizes it (at most MAX_FAST_SLOTS) and tells the
+/// programs with `FAST_SLOT_MASK`.
+#[map]
+pub static FAST_COUNTERS: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(MAX_FAST_SLOTS, 0);
+
+/// `FAST_COUNTERS` entries minus one (a power of two minus one), set by user space before load.
+#[unsafe(no_mangle)]
+pub static FAST_SLOT_MASK: u32 = 0;
+
+/// cgroup id -> counters, one copy per CPU so hot paths never share a cache line across CPUs,
+/// for watched cgroups that got no fast slot (`FAST_COUNTERS`). A cgroup is watched exactly
+/// while it owns a fast slot or has an entry here: user space inserts the zeroed entry
 /// when it watches a cgroup and deletes it at unwatch; the programs only look up, never insert.
 /// (A separate "monitored" set would cost a second hash lookup per task and event.) Not preallocated (BPF_F_NO_PREALLOC), so the memory is
-/// watched cgroups x CPUs x 336 bytes, at most MAX_CGROUPS (4096) entries.
+/// watched cgroups x CPUs x 344 bytes, at most MAX_CGROUPS (4096) entries.
 #[map]
 pub static COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
     PerCpuHashMap::with_max_entries(MAX_CGROUPS, BPF_F_NO_PREALLOC);
@@ -75,9 +89,21 @@ pub fn task_filter() -> TaskFilter {
     }
 }
 
-/// This CPU's counters of a watched cgroup (`None` for any other cgroup).
+/// This CPU's counters of a watched cgroup (`None` for any other cgroup): its fast slot, found
+/// within FAST_SLOT_PROBES entries of its home, or else its `COUNTERS` entry.
 #[inline(always)]
 pub fn counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
+    // SAFETY: a plain read of a frozen global.
+    let mask = unsafe { core::ptr::read_volatile(&raw const FAST_SLOT_MASK) };
+    let home = fast_slot_home(cgroup_id, mask);
+    for probe in 0..FAST_SLOT_PROBES {
+        if let Some(slot) = FAST_COUNTERS.get_ptr_mut(home.wrapping_add(probe) & mask) {
+            // SAFETY: a map value of this CPU, live while the program runs.
+            if unsafe { (*slot).owner } == cgroup_id {
+                return Some(unsafe { &raw mut (*slot).counters });
+            }
+        }
+    }
     COUNTERS.get_ptr_mut(cgroup_id)
 }
 

@@ -231,8 +231,8 @@ fn label<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(&line[start..end])
 }
 
-/// Entries in the agent's per-container eBPF maps (COUNTERS; MONITORED too for agents built
-/// before it went): the map ids come from the agent's own
+/// Entries in the agent's per-container eBPF maps (COUNTERS, the owned FAST_COUNTERS slots;
+/// MONITORED too for agents built before it went): the map ids come from the agent's own
 /// descriptors (/proc/<pid>/fdinfo `map_id:`), the names and entries from bpftool.
 fn ebpf_map_entries(pid: u32) -> Result<Vec<(String, usize)>> {
     let mut ids = Vec::new();
@@ -247,10 +247,18 @@ fn ebpf_map_entries(pid: u32) -> Result<Vec<(String, usize)>> {
         let show = Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]).output().context("running bpftool (apt install bpftool)")?;
         let meta: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or(serde_json::Value::Null);
         let name = meta["name"].as_str().unwrap_or_default().to_string();
-        if name == "MONITORED" || name == "COUNTERS" {
+        if name == "MONITORED" || name == "COUNTERS" || name == "FAST_COUNTERS" {
             let dump = Command::new("bpftool").args(["-j", "map", "dump", "id", &id.to_string()]).output()?;
             let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap_or(serde_json::Value::Null);
-            found.push((name, entries.as_array().map(Vec::len).unwrap_or(0)));
+            let entries = entries.as_array().map(Vec::as_slice).unwrap_or_default();
+            let count = if name == "FAST_COUNTERS" {
+                // An array has every entry: count the owned ones (a non-zero owner, the value's
+                // first 8 bytes, on CPU 0).
+                entries.iter().filter(|e| fast_slot_owned(e)).count()
+            } else {
+                entries.len()
+            };
+            found.push((name, count));
         }
     }
     if found.is_empty() {
@@ -258,6 +266,12 @@ fn ebpf_map_entries(pid: u32) -> Result<Vec<(String, usize)>> {
     }
     found.sort();
     Ok(found)
+}
+
+/// Whether a `FAST_COUNTERS` entry of `bpftool -j map dump` (raw bytes, no BTF) has an owner.
+fn fast_slot_owned(entry: &serde_json::Value) -> bool {
+    let bytes = entry["values"][0]["value"].as_array().map(Vec::as_slice).unwrap_or_default();
+    bytes.iter().take(8).any(|b| b.as_str().is_some_and(|b| b != "0x00"))
 }
 
 /// The retention the soak's agent runs with.

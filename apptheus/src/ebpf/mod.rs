@@ -6,8 +6,9 @@
 //! CAP_BPF, a verifier that rejects a program, `--ebpf.disable`) is logged, one line per
 //! program, and reported by [`Ebpf::up`] and [`Ebpf::programs`].
 //!
-//! A container is counted once [`Ebpf::watch`] puts its cgroup id (the inode of its cgroup v2
-//! directory, see [`cgroup_id`]) into the `COUNTERS` map. Only tasks and sockets in that exact
+//! A container is counted once [`Ebpf::watch`] gives its cgroup id (the inode of its cgroup v2
+//! directory, see [`cgroup_id`]) a fast slot in the per-CPU array `FAST_COUNTERS` (the first
+//! containers, see [`slots`]) or an entry in the per-CPU hash `COUNTERS`. Only tasks and sockets in that exact
 //! cgroup count, not in cgroups below it. Before that lookup the programs dismiss, with a few
 //! loads, every task whose cgroup has another parent or level than the watched ones (the
 //! `TASK_FILTER` map, which `watch` widens as needed; see [`TaskFilter`]): `sched_switch` runs
@@ -20,9 +21,9 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use apptheus_common::{CgroupCounters, TaskFilter, RUNQ_SLOTS};
+use apptheus_common::{CgroupCounters, SlotCounters, TaskFilter, RUNQ_SLOTS};
 use aya::{
-    maps::{PerCpuHashMap, PerCpuValues},
+    maps::{PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{cgroup_skb::CgroupSkbLink, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
 };
 
@@ -32,6 +33,7 @@ mod counting;
 mod logs;
 mod programs;
 pub mod query;
+mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -135,6 +137,8 @@ struct RecentCounters {
 
 struct Loaded {
     bpf: aya::Ebpf,
+    /// Which watched cgroups own which `FAST_COUNTERS` entries.
+    fast: slots::FastSlots,
     /// Watched cgroups, each with its own cgroup_skb links (empty when the parent's cover it);
     /// dropping them detaches.
     skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
@@ -170,7 +174,9 @@ impl Ebpf {
             };
         }
         let mut attached = Vec::new();
-        let loaded = match programs::load_object(object, opts.max_containers, fallbacks) {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let fast_slots = fallbacks.fast_slots.unwrap_or_else(|| slots::entries_for(cpus, opts.max_containers));
+        let loaded = match programs::load_object(object, opts.max_containers, fast_slots, fallbacks) {
             Ok((mut bpf, kernel)) => {
                 for program in PROGRAMS.iter().filter(|p| kernel.needs(p)) {
                     let ok = programs::load_program(&mut bpf, &kernel, program)
@@ -188,8 +194,10 @@ impl Ebpf {
                 let logs = logs::LogPump::start(&mut bpf)
                     .map_err(|e| tracing::debug!("eBPF log forwarding unavailable: {e:#}"))
                     .ok();
+                tracing::debug!(fast_slots, cpus, "eBPF: the first {fast_slots} containers get fast slots");
                 Some(Loaded {
                     bpf,
+                    fast: slots::FastSlots::new(fast_slots),
                     skb_links: HashMap::new(),
                     skb_parent: None,
                     task_filter: kernel.has_task_filter().then_some(TaskFilter::NOTHING),
@@ -227,7 +235,8 @@ impl Ebpf {
         self.attached.clone()
     }
 
-    /// Starts counting the cgroup: gives it zeroed `COUNTERS` and attaches the
+    /// Starts counting the cgroup: gives it zeroed counters (a fast slot or a `COUNTERS` entry)
+    /// and attaches the
     /// cgroup_skb programs to its cgroup v2 directory. On error nothing of it stays watched.
     /// Watching an already watched cgroup changes nothing.
     pub fn watch(&mut self, cgroup_id: u64, unified_cgroup_dir: &Path) -> Result<()> {
@@ -246,7 +255,7 @@ impl Ebpf {
         result
     }
 
-    /// Stops counting the cgroup: deletes its `COUNTERS` entry and detaches
+    /// Stops counting the cgroup: frees its fast slot or `COUNTERS` entry and detaches
     /// its cgroup_skb links.
     pub fn unwatch(&mut self, cgroup_id: u64) {
         if let Some(loaded) = self.loaded.as_mut() {
@@ -263,10 +272,14 @@ impl Ebpf {
     /// counted for the cgroup (so they stay monotonic across a restart).
     pub fn read_continuing(&self, cgroup_id: u64, base: &EbpfCounters) -> Option<EbpfCounters> {
         let loaded = self.loaded.as_ref()?;
+        let mut sum = base.clone();
+        if let Some(index) = loaded.fast.index_of(cgroup_id) {
+            loaded.read_fast(index, cgroup_id)?.iter().for_each(|c| sum.add(c));
+            return Some(sum);
+        }
         let map = loaded.bpf.map("COUNTERS")?;
         let counters = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map).ok()?;
         let per_cpu = counters.get(&cgroup_id, 0).ok()?;
-        let mut sum = base.clone();
         per_cpu.iter().for_each(|c| sum.add(c));
         Some(sum)
     }
@@ -285,7 +298,17 @@ impl Ebpf {
                 use std::os::fd::AsFd as _;
                 recent.cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
                 match batch::read_all(map.fd().as_fd(), recent.cpus, &mut recent.index, &mut recent.per_cpu) {
-                    Ok(()) => recent.taken = Some(now),
+                    Ok(()) => {
+                        // The fast slots: one lookup each (an array's batch read would copy
+                        // every entry, owned or not).
+                        for (cgroup_id, index) in loaded.fast.owned() {
+                            if let Some(per_cpu) = loaded.read_fast(index, cgroup_id).filter(|v| v.len() == recent.cpus) {
+                                recent.index.insert(cgroup_id, recent.per_cpu.len() / recent.cpus);
+                                recent.per_cpu.extend(per_cpu);
+                            }
+                        }
+                        recent.taken = Some(now);
+                    }
                     Err(e) => {
                         tracing::info!("eBPF counters read one container at a time (no batch lookup in this kernel: {e})");
                         recent.unsupported = true;
@@ -334,7 +357,7 @@ impl Ebpf {
         self.is_attached("cgroup_skb_ingress") && self.is_attached("cgroup_skb_egress")
     }
 
-    /// Containers counted now (with a `COUNTERS` entry).
+    /// Containers counted now (with a fast slot or a `COUNTERS` entry).
     pub fn watched(&self) -> usize {
         self.loaded.as_ref().map_or(0, |l| l.skb_links.len())
     }
@@ -354,13 +377,17 @@ impl Loaded {
     fn watch(&mut self, cgroup_id: u64, dir: &Path, skb_ready: bool) -> Result<()> {
         self.admit_to_task_filter(dir)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-        let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); nr_cpus])?;
-        let mut counters: PerCpuHashMap<_, u64, CgroupCounters> =
-            PerCpuHashMap::try_from(self.map_mut("COUNTERS")?)?;
-        // The entry is what makes the programs count the cgroup.
-        counters
-            .insert(cgroup_id, zero, 0)
-            .context("adding to COUNTERS")?;
+        // The owned slot or the entry is what makes the programs count the cgroup.
+        if let Some(index) = self.fast.take(cgroup_id) {
+            self.write_fast(index, cgroup_id, nr_cpus)?;
+        } else {
+            let zero = PerCpuValues::try_from(vec![CgroupCounters::default(); nr_cpus])?;
+            let mut counters: PerCpuHashMap<_, u64, CgroupCounters> =
+                PerCpuHashMap::try_from(self.map_mut("COUNTERS")?)?;
+            counters
+                .insert(cgroup_id, zero, 0)
+                .context("adding to COUNTERS")?;
+        }
 
         let links = if skb_ready { self.skb_links_for(dir)? } else { Vec::new() };
         self.skb_links.insert(cgroup_id, links);
@@ -409,8 +436,20 @@ impl Loaded {
     }
 
     fn unwatch(&mut self, cgroup_id: u64) {
-        // Without its entry the programs skip the cgroup.
-        if let Ok(map) = self.map_mut("COUNTERS") {
+        // Without its slot or entry the programs skip the cgroup.
+        if let Some(index) = self.fast.index_of(cgroup_id) {
+            let cleared = aya::util::nr_cpus()
+                .map_err(|(what, e)| anyhow!("{what}: {e}"))
+                .and_then(|cpus| self.write_fast(index, 0, cpus));
+            match cleared {
+                Ok(()) => {
+                    self.fast.give_back(cgroup_id);
+                }
+                // Still owned in the map: kept out of use, so that no other cgroup inherits
+                // these counts.
+                Err(e) => tracing::warn!(cgroup_id, "eBPF fast slot {index} not freed: {e:#}"),
+            }
+        } else if let Ok(map) = self.map_mut("COUNTERS") {
             if let Ok(mut counters) = PerCpuHashMap::<_, u64, CgroupCounters>::try_from(map) {
                 let _ = counters.remove(&cgroup_id);
             }
@@ -454,6 +493,22 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// Makes `FAST_COUNTERS[index]` count for `owner` (0: nobody), zeroed, on every CPU.
+    fn write_fast(&mut self, index: u32, owner: u64, cpus: usize) -> Result<()> {
+        let value = SlotCounters { owner, counters: CgroupCounters::default() };
+        let values = PerCpuValues::try_from(vec![value; cpus])?;
+        let mut fast: PerCpuArray<_, SlotCounters> = PerCpuArray::try_from(self.map_mut("FAST_COUNTERS")?)?;
+        fast.set(index, values, 0)
+            .with_context(|| format!("writing FAST_COUNTERS[{index}]"))
+    }
+
+    /// `FAST_COUNTERS[index]` per CPU, where it counts for `owner`.
+    fn read_fast(&self, index: u32, owner: u64) -> Option<Vec<CgroupCounters>> {
+        let fast = PerCpuArray::<_, SlotCounters>::try_from(self.bpf.map("FAST_COUNTERS")?).ok()?;
+        let per_cpu = fast.get(&index, 0).ok()?;
+        Some(per_cpu.iter().filter(|s| s.owner == owner).map(|s| s.counters).collect())
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

@@ -121,12 +121,15 @@ pub struct Fallbacks {
     pub runq_stamps: bool,
     /// No task filter, as where the cgroup fields are missing.
     pub no_task_filter: bool,
+    /// This many fast slots (a power of two), as on a machine with many CPUs.
+    pub fast_slots: Option<u32>,
 }
 
 /// Creates the maps and parses the object; programs are loaded separately so that one
 /// rejected program does not take the others down.
-/// `COUNTERS` is sized for `max_containers`.
-pub fn load_object(object: &[u8], max_containers: u32, fallbacks: Fallbacks) -> Result<(Ebpf, Kernel)> {
+/// `COUNTERS` is sized for `max_containers`, `FAST_COUNTERS` gets `fast_slots` entries (a power
+/// of two).
+pub fn load_object(object: &[u8], max_containers: u32, fast_slots: u32, fallbacks: Fallbacks) -> Result<(Ebpf, Kernel)> {
     let (btf, offsets) = match std::fs::read(btf::VMLINUX) {
         Ok(raw) => (
             Btf::parse(&raw, Endianness::default()).ok(),
@@ -150,11 +153,14 @@ pub fn load_object(object: &[u8], max_containers: u32, fallbacks: Fallbacks) -> 
     // Without offsets the programs that need them are not loaded, so zeros are never read.
     let global = offsets.clone().unwrap_or_default();
     let mut kernel = Kernel { btf, offsets };
+    let fast_slot_mask = fast_slots.max(1) - 1;
     let mut loader = EbpfLoader::new();
     loader
         .btf(kernel.btf.as_ref())
         .override_global("OFFSETS", &global, true)
-        .map_max_entries("COUNTERS", max_containers);
+        .map_max_entries("COUNTERS", max_containers)
+        .map_max_entries("FAST_COUNTERS", fast_slot_mask + 1)
+        .override_global("FAST_SLOT_MASK", &fast_slot_mask, true);
     if kernel.runq_from_sched_info() {
         // Not used: one entry instead of ~1.5 MiB (LRU maps are preallocated).
         loader.map_max_entries("RUNQ_START", 1);

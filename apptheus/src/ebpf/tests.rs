@@ -53,6 +53,7 @@ fn setup_fallbacks() -> Option<Setup> {
     setup_with(Fallbacks {
         runq_stamps: true,
         no_task_filter: true,
+        ..Fallbacks::default()
     })
 }
 
@@ -513,6 +514,54 @@ fn exec_and_fork_counts_only_the_watched_cgroup() {
 
     s.ebpf.unwatch(id);
     assert!(s.ebpf.read(id).is_none(), "unwatch deletes the counters");
+}
+
+#[test]
+fn containers_without_a_fast_slot_are_counted_in_the_hash_alike() {
+    // One fast slot: the first container gets it, the second goes to the COUNTERS hash.
+    let Some(mut s) = setup_with(Fallbacks { fast_slots: Some(1), ..Fallbacks::default() }) else { return };
+    let run = |cg: &mut TestCgroup, n: usize| {
+        let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+        assert!(cg.spawn(Command::new("/bin/sh").args(["-c", &script]), None).wait().expect("wait").success());
+    };
+    let (mut fast, mut hashed) = (TestCgroup::new("tier-fast"), TestCgroup::new("tier-hash"));
+    let (idf, idh) = (fast.id(), hashed.id());
+    s.ebpf.watch(idf, &fast.unified).expect("watch the first");
+    s.ebpf.watch(idh, &hashed.unified).expect("watch the second");
+    let loaded = s.ebpf.loaded.as_ref().expect("loaded");
+    assert_eq!(loaded.fast.index_of(idf), Some(0), "the first container has the fast slot");
+    assert_eq!(loaded.fast.index_of(idh), None, "the second has none");
+    assert_eq!((read(&s.ebpf, idf), read(&s.ebpf, idh)), (EbpfCounters::default(), EbpfCounters::default()));
+
+    run(&mut fast, 7);
+    run(&mut hashed, 13);
+    for (id, n) in [(idf, 7), (idh, 13)] {
+        let c = read(&s.ebpf, id);
+        eprintln!("{n} execs: {c:?}");
+        assert!(c.execs >= n && c.execs < n + 3, "execs of the {n}-exec cgroup: {c:?}");
+        assert!(c.forks >= n && c.exits >= n, "{c:?}");
+        assert!(c.voluntary_switches > 0 && c.runqueue_latency_log2_ns.iter().sum::<u64>() > 0, "{c:?}");
+        assert_eq!(s.ebpf.read_recent(id, &EbpfCounters::default(), Duration::ZERO), Some(c), "the batch read covers both tiers");
+    }
+
+    // The slot freed by the first container starts at zero for the next one, which counts
+    // there while the second stays in the hash.
+    s.ebpf.unwatch(idf);
+    assert!(s.ebpf.read(idf).is_none());
+    let mut next = TestCgroup::new("tier-next");
+    let idn = next.id();
+    s.ebpf.watch(idn, &next.unified).expect("watch the third");
+    assert_eq!(s.ebpf.loaded.as_ref().expect("loaded").fast.index_of(idn), Some(0));
+    assert_eq!(read(&s.ebpf, idn), EbpfCounters::default(), "nothing inherited from the slot's last owner");
+    run(&mut fast, 5);
+    run(&mut next, 3);
+    let c = read(&s.ebpf, idn);
+    assert!(c.execs >= 3 && c.execs < 6, "{c:?}");
+    assert!(read(&s.ebpf, idh).execs < 16, "the hashed container is not counted for others");
+    for id in [idh, idn] {
+        s.ebpf.unwatch(id);
+        assert!(s.ebpf.read(id).is_none());
+    }
 }
 
 #[test]
