@@ -35,7 +35,8 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // payload, an uninitialised register that older verifiers (6.1) reject.
     let mut prev_cgroup_id: u64 = 0;
     let mut prev_counters: *mut CgroupCounters = core::ptr::null_mut();
-    if let Some(cgroup_id) = task::watchable_cgroup_id(prev, &filter) {
+    let prev_set = task::css_set(prev);
+    if let Some(cgroup_id) = task::watchable_cgroup_id_of_set(prev_set, &filter) {
         if let Some(c) = counters(cgroup_id) {
             prev_cgroup_id = cgroup_id;
             prev_counters = c;
@@ -64,8 +65,20 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // `next` leaves the run queue. Only tasks that pass the filter can have been stamped in
     // RUNQ_START (a task moved out of the watched tree meanwhile loses that one sample; its
     // entry goes at exit or by LRU).
-    let Some(cgroup_id) = task::watchable_cgroup_id(next, &filter) else {
-        return 0;
+    let next_set = task::css_set(next);
+    let same_set = !next_set.is_null() && next_set == prev_set;
+    let cgroup_id = if same_set {
+        // The same cgroups as prev (its css_set is pinned while it runs, so the pointer cannot
+        // have been reused): prev's verdict, without the filter's loads.
+        if prev_counters.is_null() {
+            return 0;
+        }
+        prev_cgroup_id
+    } else {
+        let Some(cgroup_id) = task::watchable_cgroup_id_of_set(next_set, &filter) else {
+            return 0;
+        };
+        cgroup_id
     };
     if from_sched_info {
         let c = if cgroup_id == prev_cgroup_id && !prev_counters.is_null() {

@@ -18,13 +18,11 @@ unsafe fn read<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
     Some(unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) })
 }
 
-/// `task->cgroups->dfl_cgrp`: the task's cgroup v2.
+/// `task->cgroups`: the task's css_set, shared by every task with the same cgroups. Null when
+/// it cannot be read.
 #[inline(always)]
-fn dfl_cgroup(task: *const u8) -> Option<*const u8> {
-    unsafe {
-        let cset: *const u8 = read(task, offset!(task_cgroups))?;
-        read(cset, offset!(css_set_dfl_cgrp))
-    }
+pub fn css_set(task: *const u8) -> *const u8 {
+    unsafe { read(task, offset!(task_cgroups)) }.unwrap_or(core::ptr::null())
 }
 
 /// `cgrp->kn->id`: the cgroup's id, the inode of its directory.
@@ -40,7 +38,7 @@ fn id_of(cgrp: *const u8) -> Option<u64> {
 /// would return it if the task were `current`.
 #[inline(always)]
 pub fn cgroup_id(task: *const u8) -> Option<u64> {
-    id_of(dfl_cgroup(task)?)
+    id_of(unsafe { read(css_set(task), offset!(css_set_dfl_cgrp))? })
 }
 
 /// The task's cgroup v2 id if that cgroup can be a watched one: at the filter's level, with the
@@ -49,7 +47,13 @@ pub fn cgroup_id(task: *const u8) -> Option<u64> {
 /// lookup. Without a filter (or without the offsets) this is [`cgroup_id`].
 #[inline(always)]
 pub fn watchable_cgroup_id(task: *const u8, filter: &TaskFilter) -> Option<u64> {
-    let cgrp = dfl_cgroup(task)?;
+    watchable_cgroup_id_of_set(css_set(task), filter)
+}
+
+/// [`watchable_cgroup_id`] of the tasks whose css_set is `cset` (null: `None`).
+#[inline(always)]
+pub fn watchable_cgroup_id_of_set(cset: *const u8, filter: &TaskFilter) -> Option<u64> {
+    let cgrp: *const u8 = unsafe { read(cset, offset!(css_set_dfl_cgrp))? };
     if offset!(has_task_filter) != 0 && filter.parent_id != 0 {
         unsafe {
             if filter.level != 0 && read::<u32>(cgrp, offset!(cgroup_level))? != filter.level {
