@@ -139,6 +139,8 @@ struct Loaded {
     bpf: aya::Ebpf,
     /// Which watched cgroups own which `FAST_COUNTERS` entries.
     fast: slots::FastSlots,
+    /// `--ebpf.max-containers`: cgroups counted at once, fast or not.
+    max_containers: u32,
     /// Watched cgroups, each with its own cgroup_skb links (empty when the parent's cover it);
     /// dropping them detaches.
     skb_links: HashMap<u64, Vec<CgroupSkbLink>>,
@@ -198,6 +200,7 @@ impl Ebpf {
                 Some(Loaded {
                     bpf,
                     fast: slots::FastSlots::new(fast_slots),
+                    max_containers: opts.max_containers,
                     skb_links: HashMap::new(),
                     skb_parent: None,
                     task_filter: kernel.has_task_filter().then_some(TaskFilter::NOTHING),
@@ -375,6 +378,10 @@ impl Ebpf {
 
 impl Loaded {
     fn watch(&mut self, cgroup_id: u64, dir: &Path, skb_ready: bool) -> Result<()> {
+        // --ebpf.max-containers bounds fast slots and hash entries together.
+        if self.skb_links.len() >= self.max_containers as usize {
+            anyhow::bail!("the eBPF maps are full ({} containers counted, --ebpf.max-containers)", self.max_containers);
+        }
         self.admit_to_task_filter(dir)?;
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
         // The owned slot or the entry is what makes the programs count the cgroup.
