@@ -516,14 +516,17 @@ fn exec_and_fork_counts_only_the_watched_cgroup() {
     assert!(s.ebpf.read(id).is_none(), "unwatch deletes the counters");
 }
 
+/// Runs `/bin/true` `n` times from a shell in `cg` (one fork, exec and exit each).
+fn run_true(cg: &mut TestCgroup, n: usize) {
+    let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
+    assert!(cg.spawn(Command::new("/bin/sh").args(["-c", &script]), None).wait().expect("wait").success());
+}
+
 #[test]
 fn containers_without_a_fast_slot_are_counted_in_the_hash_alike() {
     // One fast slot: the first container gets it, the second goes to the COUNTERS hash.
     let Some(mut s) = setup_with(Fallbacks { fast_slots: Some(1), ..Fallbacks::default() }) else { return };
-    let run = |cg: &mut TestCgroup, n: usize| {
-        let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
-        assert!(cg.spawn(Command::new("/bin/sh").args(["-c", &script]), None).wait().expect("wait").success());
-    };
+    let run = run_true;
     let (mut fast, mut hashed) = (TestCgroup::new("tier-fast"), TestCgroup::new("tier-hash"));
     let (idf, idh) = (fast.id(), hashed.id());
     s.ebpf.watch(idf, &fast.unified).expect("watch the first");
@@ -567,10 +570,7 @@ fn containers_without_a_fast_slot_are_counted_in_the_hash_alike() {
 #[test]
 fn the_batch_read_matches_per_container_lookups() {
     let Some(mut s) = setup() else { return };
-    let run = |cg: &mut TestCgroup, n: usize| {
-        let script = format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done");
-        assert!(cg.spawn(Command::new("/bin/sh").args(["-c", &script]), None).wait().expect("wait").success());
-    };
+    let run = run_true;
     let (mut a, mut b) = (TestCgroup::new("batch-a"), TestCgroup::new("batch-b"));
     let (ida, idb) = (a.id(), b.id());
     s.ebpf.watch(ida, &a.unified).expect("watch a");
