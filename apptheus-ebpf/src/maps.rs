@@ -93,6 +93,12 @@ pub fn task_filter() -> TaskFilter {
 /// within FAST_SLOT_PROBES entries of its home, or else its `COUNTERS` entry.
 #[inline(always)]
 pub fn counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
+    fast_counters(cgroup_id).or_else(|| hashed_counters(cgroup_id))
+}
+
+/// This CPU's counters of `cgroup_id` if it owns a fast slot: a few inlined array loads, no call.
+#[inline(always)]
+pub fn fast_counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
     // SAFETY: a plain read of a frozen global.
     let mask = unsafe { core::ptr::read_volatile(&raw const FAST_SLOT_MASK) };
     let home = fast_slot_home(cgroup_id, mask);
@@ -104,7 +110,23 @@ pub fn counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
             }
         }
     }
+    None
+}
+
+/// This CPU's counters of `cgroup_id` in the `COUNTERS` hash (a helper call).
+#[inline(always)]
+pub fn hashed_counters(cgroup_id: u64) -> Option<*mut CgroupCounters> {
     COUNTERS.get_ptr_mut(cgroup_id)
+}
+
+/// Adds to a counter field that only `sched_switch` writes: a plain load, add and store. It runs
+/// inside `__schedule` with interrupts off, so no other run of it can interleave on this CPU,
+/// and no other program writes these fields; a locked add would also drain the store buffer
+/// the scheduler has just filled.
+#[inline(always)]
+pub fn add_in_switch(field: *mut u64, value: u64) {
+    // SAFETY: as for `add`; the only writer of this CPU's copy is this CPU's sched_switch.
+    unsafe { core::ptr::write_volatile(field, core::ptr::read_volatile(field).wrapping_add(value)) };
 }
 
 /// Adds to one counter field. Atomic although per-CPU: programs in process context can be

@@ -5,14 +5,14 @@
 //! switches in. Elsewhere `sched_wakeup` / `sched_wakeup_new` (loaded only then) and preemption
 //! in `sched_switch` stamp a wait's start in `RUNQ_START`, and `sched_switch` closes it.
 //!
-//! Every task is first checked against the task filter (`task::watchable_cgroup_id`), so tasks
-//! outside the watched cgroups' parent cost a few loads and no map lookup: sched_switch runs for
-//! every task on the machine.
-use apptheus_common::{runq_slot, CgroupCounters, RunqStart, RUNQ_SLOTS};
+//! Every task is first checked against the task filter ([`watched`]), so tasks outside the
+//! watched cgroups' level cost three loads and no map lookup: sched_switch runs for every task
+//! on the machine.
+use apptheus_common::{runq_slot, CgroupCounters, RunqStart, TaskFilter, RUNQ_SLOTS};
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    maps::{add, counters, offset, task_filter, RUNQ_START},
+    maps::{add_in_switch, counters, fast_counters, hashed_counters, offset, task_filter, RUNQ_START},
     task,
 };
 
@@ -29,64 +29,55 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // The clock is read only where needed: most switches are of unwatched tasks.
     let mut now = 0;
 
-    // prev's cgroup and counters, kept for `next`: a switch between two tasks of one container
-    // (threads or ranks of one job sharing a CPU) then costs one map lookup, not two. Plain
-    // values with 0 / null for "none", not Options: LLVM may copy or compare an Option's unset
+    // prev's counters, kept for `next`: a switch between two tasks of one container (threads
+    // or ranks of one job sharing a CPU) then costs one lookup, not two. A plain pointer with
+    // null for "none", not an Option: LLVM may copy or compare an Option's unset
     // payload, an uninitialised register that older verifiers (6.1) reject.
-    let mut prev_cgroup_id: u64 = 0;
     let mut prev_counters: *mut CgroupCounters = core::ptr::null_mut();
     let prev_set = task::css_set(prev);
-    if let Some(cgroup_id) = task::watchable_cgroup_id_of_set(prev_set, &filter) {
-        if let Some(c) = counters(cgroup_id) {
-            prev_cgroup_id = cgroup_id;
-            prev_counters = c;
-            // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted
-            // and not TASK_RUNNING); a preempted or yielding task stays runnable.
-            let voluntary = preempt == 0 && prev_state != 0;
-            unsafe {
-                if voluntary {
-                    add(&raw mut (*c).voluntary_switches, 1);
-                } else {
-                    add(&raw mut (*c).involuntary_switches, 1);
-                }
+    if let Some((cgroup_id, c)) = watched(prev_set, &filter) {
+        prev_counters = c;
+        // As /proc/<pid>/status counts it: voluntary when the task blocked (not preempted
+        // and not TASK_RUNNING); a preempted or yielding task stays runnable.
+        let voluntary = preempt == 0 && prev_state != 0;
+        unsafe {
+            if voluntary {
+                add_in_switch(&raw mut (*c).voluntary_switches, 1);
+            } else {
+                add_in_switch(&raw mut (*c).involuntary_switches, 1);
             }
-            if !voluntary && !from_sched_info {
-                // Still runnable: its run-queue wait starts now.
-                now = unsafe { bpf_ktime_get_ns() };
-                let start = RunqStart {
-                    ts_ns: now,
-                    cgroup_id,
-                };
-                let _ = RUNQ_START.insert(prev as u64, start, 0);
-            }
+        }
+        if !voluntary && !from_sched_info {
+            // Still runnable: its run-queue wait starts now.
+            now = unsafe { bpf_ktime_get_ns() };
+            let start = RunqStart {
+                ts_ns: now,
+                cgroup_id,
+            };
+            let _ = RUNQ_START.insert(prev as u64, start, 0);
         }
     }
 
-    // `next` leaves the run queue. Only tasks that pass the filter can have been stamped in
-    // RUNQ_START (a task moved out of the watched tree meanwhile loses that one sample; its
+    // `next` leaves the run queue. Only tasks of watched cgroups can have been stamped in
+    // RUNQ_START (a task moved to an unwatched cgroup meanwhile loses that one sample; its
     // entry goes at exit or by LRU).
     let next_set = task::css_set(next);
     let same_set = !next_set.is_null() && next_set == prev_set;
-    let cgroup_id = if same_set {
+    let c = if same_set {
         // The same cgroups as prev (its css_set is pinned while it runs, so the pointer cannot
         // have been reused): prev's verdict, without the filter's loads.
         if prev_counters.is_null() {
             return 0;
         }
-        prev_cgroup_id
+        prev_counters
     } else {
-        let Some(cgroup_id) = task::watchable_cgroup_id_of_set(next_set, &filter) else {
+        let Some((_, c)) = watched(next_set, &filter) else {
             return 0;
         };
-        cgroup_id
+        c
     };
     if from_sched_info {
-        let c = if cgroup_id == prev_cgroup_id && !prev_counters.is_null() {
-            Some(prev_counters)
-        } else {
-            counters(cgroup_id)
-        };
-        if let (Some(c), Some(waited)) = (c, task::runq_wait(next)) {
+        if let Some(waited) = task::runq_wait(next) {
             record_wait(c, waited);
         }
     } else if let Some(start) = RUNQ_START.get_ptr(next as u64) {
@@ -103,12 +94,29 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// The watched cgroup of the tasks whose css_set is `cset`, with this CPU's counters of it
+/// (`None` for any other cgroup, and for a null `cset`). A fast slot's owner is watched by
+/// definition, so the filter's parent test (five dependent loads) is asked only before the hash
+/// lookup, and a host task at the watched level pays the fast slots' probes (inlined loads).
+#[inline(always)]
+fn watched(cset: *const u8, filter: &TaskFilter) -> Option<(u64, *mut CgroupCounters)> {
+    let cgrp = task::cgroup_at_watched_level(cset, filter)?;
+    let cgroup_id = task::id_of(cgrp)?;
+    if let Some(c) = fast_counters(cgroup_id) {
+        return Some((cgroup_id, c));
+    }
+    if !task::under_watched_parent(cgrp, filter) {
+        return None;
+    }
+    Some((cgroup_id, hashed_counters(cgroup_id)?))
+}
+
 #[inline(always)]
 fn record_wait(c: *mut CgroupCounters, waited: u64) {
     let slot = runq_slot(waited) & (RUNQ_SLOTS - 1);
     unsafe {
-        add(&raw mut (*c).runq_latency_log2_ns[slot], 1);
-        add(&raw mut (*c).runq_latency_sum_ns, waited);
+        add_in_switch(&raw mut (*c).runq_latency_log2_ns[slot], 1);
+        add_in_switch(&raw mut (*c).runq_latency_sum_ns, waited);
     }
 }
 
@@ -129,10 +137,7 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
 /// A woken task (not `current`) enters a run queue.
 #[inline(always)]
 fn runq_enter(p: *const u8) {
-    let Some(cgroup_id) = task::watchable_cgroup_id(p, &task_filter()) else {
-        return;
-    };
-    if counters(cgroup_id).is_some() {
+    if let Some((cgroup_id, _)) = watched(task::css_set(p), &task_filter()) {
         let start = RunqStart {
             ts_ns: unsafe { bpf_ktime_get_ns() },
             cgroup_id,

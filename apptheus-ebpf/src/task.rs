@@ -27,7 +27,7 @@ pub fn css_set(task: *const u8) -> *const u8 {
 
 /// `cgrp->kn->id`: the cgroup's id, the inode of its directory.
 #[inline(always)]
-fn id_of(cgrp: *const u8) -> Option<u64> {
+pub fn id_of(cgrp: *const u8) -> Option<u64> {
     unsafe {
         let kn: *const u8 = read(cgrp, offset!(cgroup_kn))?;
         read(kn, offset!(kernfs_node_id))
@@ -41,32 +41,37 @@ pub fn cgroup_id(task: *const u8) -> Option<u64> {
     id_of(unsafe { read(css_set(task), offset!(css_set_dfl_cgrp))? })
 }
 
-/// The task's cgroup v2 id if that cgroup can be a watched one: at the filter's level, with the
-/// filter's parent. Tasks elsewhere (most of them: perf bench's, the system's) are dismissed
-/// after three loads, or six when their cgroup is at the watched level, instead of a hash
-/// lookup. Without a filter (or without the offsets) this is [`cgroup_id`].
+/// Whether the filter applies (offsets known and a parent set).
 #[inline(always)]
-pub fn watchable_cgroup_id(task: *const u8, filter: &TaskFilter) -> Option<u64> {
-    watchable_cgroup_id_of_set(css_set(task), filter)
+fn filtering(filter: &TaskFilter) -> bool {
+    offset!(has_task_filter) != 0 && filter.parent_id != 0
 }
 
-/// [`watchable_cgroup_id`] of the tasks whose css_set is `cset` (null: `None`).
+/// `cset->dfl_cgrp` if that cgroup is at the watched cgroups' level (any without a filter):
+/// the first test of the task filter, three loads that dismiss most tasks (perf bench's, the
+/// system's) before any map is looked at. `None` for a null `cset`.
 #[inline(always)]
-pub fn watchable_cgroup_id_of_set(cset: *const u8, filter: &TaskFilter) -> Option<u64> {
+pub fn cgroup_at_watched_level(cset: *const u8, filter: &TaskFilter) -> Option<*const u8> {
     let cgrp: *const u8 = unsafe { read(cset, offset!(css_set_dfl_cgrp))? };
-    if offset!(has_task_filter) != 0 && filter.parent_id != 0 {
-        unsafe {
-            if filter.level != 0 && read::<u32>(cgrp, offset!(cgroup_level))? != filter.level {
-                return None;
-            }
-            let parent_css: *const u8 = read(cgrp, offset!(cgroup_parent_css))?;
-            let parent: *const u8 = read(parent_css, offset!(css_cgroup))?;
-            if id_of(parent)? != filter.parent_id {
-                return None;
-            }
-        }
+    if filtering(filter) && filter.level != 0 && unsafe { read::<u32>(cgrp, offset!(cgroup_level))? } != filter.level {
+        return None;
     }
-    id_of(cgrp)
+    Some(cgrp)
+}
+
+/// Whether `cgrp`'s parent is the watched cgroups' parent (true without a filter): the second
+/// test of the task filter, five dependent loads, asked only before a hash lookup.
+#[inline(always)]
+pub fn under_watched_parent(cgrp: *const u8, filter: &TaskFilter) -> bool {
+    if !filtering(filter) {
+        return true;
+    }
+    let parent_id = unsafe {
+        read::<*const u8>(cgrp, offset!(cgroup_parent_css))
+            .and_then(|css| read::<*const u8>(css, offset!(css_cgroup)))
+            .and_then(id_of)
+    };
+    parent_id == Some(filter.parent_id)
 }
 
 /// How long `task`, about to run, waited on this CPU's run queue: `rq->clock` (which
